@@ -1,0 +1,199 @@
+"""Rewards against hand-computed values. One class per reward, one commented row per case."""
+
+import pytest
+
+from chexreason.parsing import parse_completion
+from chexreason.rewards import (
+    NuancedReward,
+    NuancedRewardConfig,
+    approx_token_count,
+    get_reward,
+    hard_reward_score,
+    jaccard,
+    make_format_reward,
+    make_hard_reward,
+)
+
+LONG = "<think>" + "word " * 300 + "</think>"  # 300+ approximate tokens: past the 250-token threshold
+SHORT = "<think>Short.</think>"
+
+
+class TestHardReward:
+    reward = staticmethod(make_hard_reward(length_threshold=250, length_penalty=0.1))
+
+    @pytest.mark.parametrize(
+        ("completion", "truth", "expected"),
+        [
+            # Valid, long, exact: Jaccard 1, no penalty.
+            (LONG + "<solution>Edema, Cardiomegaly</solution>", ["Cardiomegaly", "Edema"], 1.0),
+            # Valid, long, one of two labels: 1/2.
+            (LONG + "<solution>Edema</solution>", ["Cardiomegaly", "Edema"], 0.5),
+            # Valid, long, one right one wrong out of three distinct: 1/3.
+            (LONG + "<solution>Edema, Fracture</solution>", ["Cardiomegaly", "Edema"], 1 / 3),
+            # Valid but shorter than 250 tokens: J − λ_len.
+            (SHORT + "<solution>Edema</solution>", ["Edema"], 0.9),
+            # Short and wrong: may go negative (0 − 0.1).
+            (SHORT + "<solution>Fracture</solution>", ["Edema"], -0.1),
+            # Invalid format (no think block): 0 even though the label is right.
+            ("<solution>Edema</solution>", ["Edema"], 0.0),
+            # Text outside the blocks makes it invalid: 0.
+            (LONG + "<solution>Edema</solution> done", ["Edema"], 0.0),
+            # Unparseable: 0.
+            (LONG, ["Edema"], 0.0),
+            # Synonyms in the answer and the ground truth are normalised before the Jaccard.
+            (LONG + "<solution>effusion</solution>", ["Pleural_Effusion"], 1.0),
+        ],
+    )
+    def test_table(self, completion, truth, expected):
+        assert self.reward([completion], [truth]) == [pytest.approx(expected)]
+
+    def test_token_count_comes_from_completion_ids(self):
+        text = SHORT + "<solution>Edema</solution>"
+        # The trainer's token ids decide the length, not the text: 300 ids -> no penalty; 10 -> penalty.
+        assert self.reward([text], [["Edema"]], completion_ids=[list(range(300))]) == [1.0]
+        assert self.reward([text], [["Edema"]], completion_ids=[list(range(10))]) == [pytest.approx(0.9)]
+
+    def test_trl_call_signature(self):
+        # TRL passes prompts, completion_ids and more; extra dataset columns must be tolerated.
+        out = self.reward(
+            prompts=["p"],
+            completions=[LONG + "<solution>Edema</solution>"],
+            completion_ids=[[1] * 260],
+            ground_truth=[["Edema"]],
+            trainer_state=None,
+            log_metric=lambda *a: None,
+            log_extra=None,
+            image_id=["x"],
+        )
+        assert out == [1.0]
+
+    def test_scalar_core(self):
+        parsed = parse_completion(SHORT + "<solution>Edema</solution>")
+        assert hard_reward_score(parsed, {"Edema"}, n_tokens=5, length_threshold=4, length_penalty=0.3) == 1.0
+        assert hard_reward_score(parsed, {"Edema"}, n_tokens=3, length_threshold=4, length_penalty=0.3) == 0.7
+
+    def test_mismatched_lengths_and_bad_truth(self):
+        with pytest.raises(ValueError, match="ground_truth"):
+            self.reward(["a", "b"], [["Edema"]])
+        with pytest.raises(ValueError, match="not a CheXpert label"):
+            self.reward(["a"], [["Hernia"]])
+
+
+def test_jaccard_and_token_count():
+    assert jaccard({"A", "B"}, {"B", "C"}) == pytest.approx(1 / 3)
+    assert jaccard(set(), set()) == 1.0
+    assert approx_token_count("one two, three.") == 5
+
+
+class TestFormatReward:
+    def test_table(self):
+        reward = make_format_reward()
+        completions = [
+            SHORT + "<solution>Edema</solution>",  # valid: 1
+            "<solution>Edema</solution>",  # no reasoning: 0
+            SHORT + "<solution>Edema",  # unclosed: 0
+        ]
+        assert reward(completions) == [1.0, 0.0, 0.0]
+        # Under the labels-only protocol, the bare block is the valid form.
+        assert make_format_reward("labels_only")(["<solution>Edema</solution>"]) == [1.0]
+
+
+FP_FRACTURE = 5 + 20 * 0.018 / 0.591  # frequency-weighted: rare label, cheap mistake
+FP_SUPPORT = 25.0  # the most frequent label costs the most
+
+
+class TestNuancedReward:
+    @pytest.mark.parametrize(
+        ("completion", "truth", "expected"),
+        [
+            # Exact match: +100, recall credit 30·1, precision credit 20·1.
+            (SHORT + "<solution>Cardiomegaly</solution>", ["Cardiomegaly"], 150.0),
+            # One of two right plus one wrong: 30·1/2 + 20·1/2, minus Fracture's false-positive cost.
+            (SHORT + "<solution>Edema, Fracture</solution>", ["Edema", "Cardiomegaly"], 25.0 - FP_FRACTURE),
+            # A wrong Support Devices costs the maximum false-positive penalty: 30 + 10 − 25.
+            (SHORT + "<solution>Edema, Support Devices</solution>", ["Edema"], 15.0),
+            # An invalid (non-CheXpert) label: −100, though the CheXpert labels match exactly.
+            (SHORT + "<solution>Edema, Hernia</solution>", ["Edema"], 50.0),
+            # A duplicate label: −25.
+            (SHORT + "<solution>Edema, edema</solution>", ["Edema"], 125.0),
+            # Text outside the blocks: −20.
+            ("Answer: " + SHORT + "<solution>Edema</solution>", ["Edema"], 130.0),
+            # Parseable but malformed (no think block): −50.
+            ("<solution>Edema</solution>", ["Edema"], 100.0),
+            # Unparseable: −100 and nothing else.
+            ("I am not sure.", ["Edema"], -100.0),
+            # Nothing right: partial 0, false positive for No Finding (5 + 20·0.125/0.591).
+            (SHORT + "<solution>No Finding</solution>", ["Edema"], -(5 + 20 * 0.125 / 0.591)),
+        ],
+    )
+    def test_table_with_empty_window(self, completion, truth, expected):
+        assert NuancedReward()([completion], [truth]) == [pytest.approx(expected)]
+
+    def _collapsed(self, n: int) -> NuancedReward:
+        # n predictions of Support Devices on images whose truth is Edema.
+        reward = NuancedReward()
+        reward([SHORT + "<solution>Support Devices</solution>"] * n, [["Edema"]] * n)
+        return reward
+
+    def test_mode_collapse_and_repetition(self):
+        reward = self._collapsed(20)
+        # Support Devices fills 100% of the window (> 70%: collapse −50) and exceeds its true share (0%)
+        # by more than 0.2 (repetition −30): 150 − 80, even though this prediction is right.
+        assert reward([SHORT + "<solution>Support Devices</solution>"], [["Support Devices"]]) == [70.0]
+        # A prediction without the collapsed label is not penalised.
+        assert reward([SHORT + "<solution>Edema</solution>"], [["Edema"]]) == [150.0]
+
+    def test_no_collapse_judgement_before_min_window(self):
+        reward = self._collapsed(19)
+        assert reward([SHORT + "<solution>Support Devices</solution>"], [["Support Devices"]]) == [150.0]
+
+    def test_window_is_bounded(self):
+        reward = NuancedReward(NuancedRewardConfig(window_size=100))
+        reward([SHORT + "<solution>Edema</solution>"] * 150, [["Edema"]] * 150)
+        assert len(reward.window) == 100
+
+    def test_state_survives_resume(self):
+        reward = self._collapsed(25)
+        resumed = NuancedReward()
+        resumed.load_state_dict(reward.state_dict())
+        args = ([SHORT + "<solution>Support Devices</solution>"], [["Support Devices"]])
+        assert resumed(*args) == reward(*args) == [70.0]
+
+    def test_parts_are_logged(self):
+        logged = {}
+        NuancedReward()(
+            [SHORT + "<solution>Edema, Fracture</solution>"],
+            [["Edema"]],
+            log_metric=lambda name, value: logged.__setitem__(name, value),
+        )
+        assert logged["nuanced/match"] == 0.0
+        assert logged["nuanced/partial"] == pytest.approx(30 + 10)
+        assert logged["nuanced/false_positive"] == pytest.approx(FP_FRACTURE)
+        assert logged["nuanced/format"] == 0.0 and logged["nuanced/collapse"] == 0.0
+
+    def test_config_is_validated(self):
+        with pytest.raises(ValueError, match="label_prevalence lacks"):
+            NuancedRewardConfig(label_prevalence={"Edema": 0.3})
+        with pytest.raises(ValueError, match="min_window"):
+            NuancedRewardConfig(min_window=200, window_size=100)
+
+
+class TestRegistry:
+    def test_names(self):
+        for name in ("hard", "nuanced", "format"):
+            assert callable(get_reward(name))
+        assert get_reward("hard").__name__ == "hard_reward"
+        assert get_reward("nuanced").__name__ == "nuanced_reward"
+
+    def test_each_nuanced_reward_owns_its_window(self):
+        a, b = get_reward("nuanced"), get_reward("nuanced")
+        a([SHORT + "<solution>Edema</solution>"], [["Edema"]])
+        assert len(a.window) == 1 and len(b.window) == 0
+
+    def test_options_reach_the_factory(self):
+        reward = get_reward("hard", length_threshold=1, length_penalty=0.5)
+        assert reward([SHORT + "<solution>Edema</solution>"], [["Edema"]]) == [1.0]
+
+    def test_unknown_name(self):
+        with pytest.raises(ValueError, match="choose one of"):
+            get_reward("accuracy")
