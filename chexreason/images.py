@@ -271,7 +271,7 @@ def _load_pil(data: bytes, kind: str) -> tuple[Image.Image, ImageInfo]:
     # PNG: the IHDR bit depth (always the first chunk); JPEG: the frame's sample precision.
     bits = (data[24] if data[12:16] == b"IHDR" else 8) if kind == "PNG" else int(getattr(image, "bits", 8))
     ImageOps.exif_transpose(image, in_place=True)
-    gray = _pil_to_gray(image)
+    gray = to_grayscale(image)
     if bits > 8:
         # PIL keeps 16-bit greyscale as 16 bits (already stretched), but reduces 16-bit colour and
         # grey+alpha to their high bytes, which leaves 12-bit data nearly black: stretch those too.
@@ -279,7 +279,7 @@ def _load_pil(data: bytes, kind: str) -> tuple[Image.Image, ImageInfo]:
     return gray, ImageInfo(kind, gray.width, gray.height, bits)
 
 
-def _pil_to_gray(image: Image.Image) -> Image.Image:
+def to_grayscale(image: Image.Image) -> Image.Image:
     """Convert any PIL mode a PNG or JPEG decodes to to "L" (see `load_image_with_info` for the rules)."""
     mode = image.mode
     if mode in ("I", "F") or mode.startswith("I;16"):

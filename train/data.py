@@ -22,6 +22,8 @@ import sys
 from trl import TrlParser
 
 from chexreason.data.build import build_datasets
+from chexreason.data.readers import DatasetError
+from chexreason.teachers.api import TeacherError
 from train.configs import DataConfig
 
 
@@ -32,7 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
         (config,) = parser.parse_args_and_config(args=argv)
     except ValueError as error:  # __post_init__ and YAML errors: a message, not a traceback
         sys.exit(f"train.data: {error}")
-    manifest = build_datasets(config)
+    try:
+        manifest = build_datasets(config)
+    except (DatasetError, TeacherError, FileNotFoundError) as error:  # bad paths, data or endpoint: say what
+        sys.exit(f"train.data: {error}")
     print(json.dumps({k: manifest[k] for k in ("splits", "dropped", "teacher", "seconds") if k in manifest}, indent=1))
     return manifest
 

@@ -94,10 +94,13 @@ def build_datasets(config: DataConfig) -> dict:
     teacher_stats, traces = _add_traces(splits, config, report)
     for name, examples in splits.items():
         report.add_split(name, examples)
+    logger.info("%s", report)
 
     staging = out / f"{DATASETS}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    built = {name: _to_dataset(examples, label_sets[name], traces.get(name)) for name, examples in splits.items()}
+    built = {
+        name: _to_dataset(name, examples, label_sets[name], traces.get(name)) for name, examples in splits.items()
+    }
     DatasetDict(built).save_to_disk(str(staging))
     shutil.rmtree(out / DATASETS, ignore_errors=True)
     staging.rename(out / DATASETS)  # a build interrupted before this line leaves no half-written datasets/
@@ -112,7 +115,7 @@ def build_datasets(config: DataConfig) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
     }
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    logger.info("built %s in %.1f s\n%s", out, manifest["seconds"], report)
+    logger.info("built %s in %.1f s", out, manifest["seconds"])
     return manifest
 
 
@@ -238,7 +241,9 @@ def _add_traces(splits: dict[str, list[Example]], config: DataConfig, report: Sp
         examples = splits[name]
         if hasattr(teacher, "write_all"):  # the API teacher reports failures and mismatches instead of raising
             report_ = teacher.write_all([_case(e, looks) for e in examples], fmt)
-            stats[name] = report_.counts()
+            stats[name] = {
+                k: getattr(report_, k) for k in ("requested", "cached", "generated", "mismatched", "failed")
+            }
             reasonings = [r.reasoning for r in report_.results]
             keep = [
                 r.reasoning is not None and (r.labels_match or not config.drop_teacher_mismatches)
@@ -273,9 +278,11 @@ def _row(example: Example, label_set: str) -> dict:
     }
 
 
-def _to_dataset(examples: Sequence[Example], label_set: str, traces: Sequence[tuple[str, str]] | None) -> Dataset:
+def _to_dataset(
+    name: str, examples: Sequence[Example], label_set: str, traces: Sequence[tuple[str, str]] | None
+) -> Dataset:
     if not examples:
-        raise DatasetError(f"an empty split ({label_set}): check the sizes and the dropped counts")
+        raise DatasetError(f"the {name} split came out empty: check the sizes and the dropped counts in the log")
     rows = [_row(e, label_set) for e in examples]
     features = _FEATURES
     if traces is not None:  # SFT sets: the teacher's reasoning and the rendered target
