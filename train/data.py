@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
         manifest = build_datasets(config)
     except (DatasetError, TeacherError, FileNotFoundError) as error:  # bad paths, data or endpoint: say what
         sys.exit(f"train.data: {error}")
-    print(json.dumps({k: manifest[k] for k in ("splits", "dropped", "teacher", "seconds") if k in manifest}, indent=1))
+    summary = ("splits", "label_counts", "dropped", "teacher", "seconds")
+    print(json.dumps({k: manifest[k] for k in summary if k in manifest}, indent=1))
     return manifest
 
 
