@@ -1,7 +1,63 @@
-"""Test-wide settings: nothing reaches the network."""
+"""Test-wide settings and shared fixtures. Nothing reaches the network."""
 
 import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.configs import LM_PROJECTIONS
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+ADAPTERS = ("sft", "grpo")
+
+
+def _build_tiny_set(root: Path) -> Path:
+    """A tiny base, two perturbed LoRA adapters on its language model, and the model_set.yaml naming them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from chexreason.tiny_model import build_tiny
+
+    build_tiny(root / "base")
+    for i, name in enumerate(ADAPTERS):
+        model = AutoModelForImageTextToText.from_pretrained(root / "base", use_safetensors=True)
+        # A regex, so the vision tower's own q/k/v and MLP projections are not adapted. The two task types
+        # make PEFT wrap the base in `PeftModel` (sft first) or `PeftModelForCausalLM` (grpo first): both
+        # generate through the mixed-batch hooks, and both are tested.
+        task_type = "CAUSAL_LM" if name == "grpo" else None
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=LM_PROJECTIONS, task_type=task_type)
+        peft_model = get_peft_model(model, config)
+        noise = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():
+            for parameter_name, parameter in peft_model.named_parameters():
+                if "lora_B" in parameter_name:  # zero at init: the adapter would equal the base
+                    parameter.copy_(torch.randn(parameter.shape, generator=noise) * 0.3)
+        peft_model.save_pretrained(root / name)
+    path = root / "model_set.yaml"
+    path.write_text(
+        "name: tiny-test\n"
+        "description: random tiny Gemma3 with two noise adapters (tests only)\n"
+        "checkpoints:\n"
+        "  - {name: base, title: Base, model: base, prompt: free_reasoning}\n"
+        "  - {name: sft, title: SFT, model: base, adapter: sft, prompt: free_reasoning}\n"
+        "  - {name: grpo, title: GRPO, model: base, adapter: grpo, prompt: free_reasoning}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model set's YAML (random base + two noise adapters), built once per session."""
+    return _build_tiny_set(tmp_path_factory.mktemp("tiny-set"))
+
+
+@pytest.fixture(scope="session")
+def models(tiny_set: Path):
+    """The tiny model set, loaded once per session."""
+    from chexreason.modeling import load_model_set
+
+    return load_model_set(tiny_set)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trl import SFTConfig
+
 from chexreason.data.readers import UNCERTAINTY_POLICIES
 from chexreason.labels import EVAL_LABEL_SETS
 from chexreason.prompts import ANSWER_FORMATS
@@ -135,3 +137,127 @@ class DataConfig:
     @property
     def sft_validation_samples(self) -> int:
         return max(1, round(self.sft_samples * self.sft_validation_fraction))
+
+
+# The language model's attention and MLP projections, not the vision tower's (whose q/k/v and MLP layers
+# share the plain names). PEFT full-matches a string target against each module's name.
+LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class ModelArguments:
+    """Which model a stage starts from, and how LoRA adapts it."""
+
+    model_name_or_path: str = field(
+        default="outputs/tiny/base/model",
+        metadata={"help": "Local path or Hub id of the model this stage starts from (e.g. google/medgemma-4b-it)."},
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision to pin (a commit hash)."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (paper: 16)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (paper: 32)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (paper: 0.1)."})
+    lora_target_modules: str = field(
+        default=LM_PROJECTIONS,
+        metadata={
+            "help": "Regex of the modules LoRA adapts (paper: the language model's attention and MLP projections)."
+        },
+    )
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "Qwen2.5-VL: processor min_pixels (paper: 256 visual tokens = 256*28*28)."}
+    )
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Qwen2.5-VL: processor max_pixels (paper: 512 visual tokens = 512*28*28)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model config: dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.lora_r < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("model config: need lora_r >= 1, lora_alpha >= 1 and 0 <= lora_dropout < 1")
+        if (self.min_pixels is None) != (self.max_pixels is None) or (
+            self.min_pixels is not None and self.min_pixels > self.max_pixels
+        ):
+            raise ValueError("model config: set both min_pixels and max_pixels, with min_pixels <= max_pixels")
+
+
+def read_data_config(path: str) -> DataConfig:
+    """The DataConfig of a data recipe YAML (the stages name theirs with `data_config`)."""
+    from transformers import HfArgumentParser
+
+    try:
+        (config,) = HfArgumentParser(DataConfig).parse_yaml_file(path)
+    except FileNotFoundError:
+        raise ValueError(f"data_config {path!r} does not exist") from None
+    return config
+
+
+@dataclass
+class BaseStageConfig(SFTConfig):
+    """The tiny recipe's base stage (`python -m train.base`): vision warm-up, then full-parameter language
+    training on lay captions and off-image format examples (see `chexreason.pretrain`). SFTConfig's fields
+    (learning_rate, num_train_epochs, …) drive the language stage."""
+
+    data_config: str = field(
+        default="train/recipes/tiny/data.yaml", metadata={"help": "Data recipe (image size, seed, answer format)."}
+    )
+    vision_samples: int = field(
+        default=3000, metadata={"help": "Phantoms for the vision warm-up (disjoint from all data splits)."}
+    )
+    vision_epochs: int = field(default=2, metadata={"help": "Vision warm-up epochs."})
+    vision_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Vision warm-up peak learning rate (one-cycle)."}
+    )
+    vision_batch_size: int = field(default=32, metadata={"help": "Vision warm-up batch size."})
+    caption_samples: int = field(default=1500, metadata={"help": "Lay-caption examples for the language stage."})
+    format_samples: int = field(
+        default=500, metadata={"help": "Off-image answers in the recipe's format for the language stage."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (
+            min(
+                self.vision_samples,
+                self.vision_epochs,
+                self.vision_batch_size,
+                self.caption_samples,
+                self.format_samples,
+            )
+            < 1
+        ):
+            raise ValueError("base stage: sample counts, epochs and batch size must be at least 1")
+        if self.format_samples + self.caption_samples > self.vision_samples:
+            raise ValueError("base stage: caption_samples + format_samples must not exceed vision_samples")
+
+
+@dataclass
+class SFTStageConfig(SFTConfig):
+    """LoRA SFT on teacher traces (`python -m train.sft`). The paper's values are the recipe defaults of
+    `train/recipes/medgemma-4b/sft_*.yaml`; the fields below are ours."""
+
+    data_config: str = field(
+        default="train/recipes/tiny/data.yaml", metadata={"help": "Data recipe whose SFT sets to train on."}
+    )
+    base_recipe: str | None = field(
+        default=None,
+        metadata={"help": "Recipe that builds the starting model when model_name_or_path does not exist (tiny only)."},
+    )
+    early_stopping_patience: int = field(
+        default=2, metadata={"help": "Stop after this many evaluations without a lower validation loss (paper: 2)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples (smoke tests)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N validation examples (smoke tests)."}
+    )
+
+    def __post_init__(self) -> None:
+        # Early stopping keeps the checkpoint with the lowest validation loss, as the paper selects.
+        self.load_best_model_at_end, self.metric_for_best_model, self.greater_is_better = True, "eval_loss", False
+        if self.early_stopping_patience < 1:
+            raise ValueError("sft config: early_stopping_patience must be at least 1")
+        if str(self.eval_strategy) == "no" or str(self.eval_strategy) != str(self.save_strategy):
+            raise ValueError("sft config: early stopping needs eval_strategy == save_strategy (e.g. both 'epoch')")
+        super().__post_init__()

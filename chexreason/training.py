@@ -1,0 +1,75 @@
+"""What the training stages share: model loading, LoRA, and turning built datasets into TRL rows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.trainer_utils import get_last_checkpoint
+
+from chexreason.prompts import AnswerFormat, PromptVariant
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(model_args) -> tuple[torch.nn.Module, object]:
+    """The model and processor a stage starts from (`train.configs.ModelArguments`), safetensors only."""
+    kwargs = {"revision": model_args.model_revision, "trust_remote_code": False}
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_args.model_name_or_path, dtype=_DTYPES[model_args.dtype], use_safetensors=True, **kwargs
+    )
+    pixels = {}
+    if model_args.min_pixels is not None:  # Qwen2.5-VL: 256-512 visual tokens, as the paper sets
+        pixels = {"min_pixels": model_args.min_pixels, "max_pixels": model_args.max_pixels}
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **kwargs, **pixels)
+    return model, processor
+
+
+def lora_config(model_args) -> LoraConfig:
+    """The paper's LoRA: the language model's attention and MLP projections only (the vision tower stays frozen)."""
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_rows(dataset: Dataset, answer_format: AnswerFormat, limit: int | None = None) -> Dataset:
+    """Built SFT rows → conversational rows TRL's SFTTrainer takes: the format's prompt, the target answer."""
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    prompt = answer_format.prompt.messages()
+
+    def convert(row: dict) -> dict:
+        answer = {"role": "assistant", "content": [{"type": "text", "text": row["answer"]}]}
+        return {"messages": [*prompt, answer], "images": [row["image"]]}
+
+    return dataset.map(convert, remove_columns=dataset.column_names)
+
+
+def grpo_rows(dataset: Dataset, prompt: PromptVariant, limit: int | None = None) -> Dataset:
+    """Built rows → GRPO prompts: the conversational prompt, the image, and `ground_truth` for the rewards."""
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    messages = prompt.messages()
+    keep = {"image", "ground_truth", "id"}
+    return dataset.map(
+        lambda row: {"prompt": messages}, remove_columns=[c for c in dataset.column_names if c not in keep]
+    )
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest `checkpoint-N` in a stage's output folder, so an interrupted run resumes there."""
+    output_dir = Path(output_dir)
+    found = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if found:
+        logger.info("resuming from %s", found)
+    return found

@@ -1,0 +1,163 @@
+"""The tiny model and the training stages, a few steps each: what changes, what must not, resume, configs."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chexreason.tiny_model import TAGS, TinySpec
+
+SMALL_DATA = ["--sft_samples", "20", "--rl_samples", "4", "--test_samples_per_site", "4", "--image_size", "96",
+              "--workers", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_set) -> Path:
+    """The random tiny base model of the shared test model set (conftest.py)."""
+    return tiny_set.parent / "base"
+
+
+@pytest.fixture(scope="session")
+def data_recipe(tmp_path_factory) -> Path:
+    """A small phantom data recipe (its datasets are built by the first stage that needs them)."""
+    folder = tmp_path_factory.mktemp("data")
+    recipe = folder / "data.yaml"
+    recipe.write_text(
+        Path("train/recipes/tiny/data.yaml").read_text()
+        + f"\noutput_dir: {folder / 'built'}\nsft_samples: 20\nrl_samples: 4\ntest_samples_per_site: 4\n"
+        + "image_size: 96\nworkers: 1\n"
+    )
+    return recipe
+
+
+def test_tiny_model_files_and_loading(tiny):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    assert all(f.stat().st_size < 10 * 2**20 for f in tiny.iterdir())  # each file fits the Hub without LFS
+    model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
+    processor = AutoProcessor.from_pretrained(tiny)
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    for tag in TAGS:  # the protocol's tags are single tokens
+        assert len(processor.tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1
+    from PIL import Image
+
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], add_generation_prompt=True
+    )
+    inputs = processor(text=[text], images=[[Image.new("RGB", (50, 70))]], return_tensors="pt")
+    n_image_tokens = (inputs["input_ids"] == model.config.image_token_index).sum().item()
+    assert n_image_tokens == TinySpec().image_tokens == model.config.mm_tokens_per_image
+
+
+def test_tiny_spec_is_validated():
+    with pytest.raises(ValueError, match="divisible"):
+        TinySpec(image_size=224, patch_size=14, image_tokens=49)  # 16 patches a side is not divisible by 7
+
+
+def _sft_args(tiny: Path, data_recipe: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", "train/recipes/tiny/sft.yaml", "--model_name_or_path", str(tiny), "--data_config",
+            str(data_recipe), "--output_dir", str(out), "--base_recipe", "", "--num_train_epochs", "2",
+            "--max_train_samples", "16", "--max_eval_samples", "2", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sft_run(tiny, data_recipe, tmp_path_factory):
+    from train import sft
+
+    out = tmp_path_factory.mktemp("sft")
+    os.environ["TQDM_DISABLE"] = "1"
+    adapter = sft.main(_sft_args(tiny, data_recipe, out))
+    return out, adapter
+
+
+def test_sft_trains_only_lora_on_the_language_model(tiny, sft_run):
+    out, adapter = sft_run
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all("lora_" in name for name in weights)
+    assert all("language_model" in name for name in weights)  # never the vision tower or the projector
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (16, 32, 0.1)
+    assert any(torch.count_nonzero(w) for name, w in weights.items() if "lora_B" in name)  # it learnt something
+    log = json.loads((out / "sft_log.json").read_text())
+    assert any("eval_loss" in entry for entry in log)
+
+
+def test_sft_leaves_the_base_weights_untouched(tiny, sft_run):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    after = PeftModel.from_pretrained(model, sft_run[1]).merge_and_unload().state_dict()
+    vision = [name for name in before if "vision_tower" in name or "multi_modal_projector" in name]
+    assert vision and all(torch.equal(before[name], after[name]) for name in vision)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed and all("language_model" in name and name.endswith("proj.weight") for name in changed)
+
+
+def test_assistant_only_loss_covers_exactly_the_answer(tiny, data_recipe):
+    from trl import SFTConfig, SFTTrainer
+
+    from chexreason.data.build import build_datasets, load_built
+    from chexreason.prompts import get_answer_format
+    from chexreason.training import load_model, sft_rows
+    from train.configs import ModelArguments, read_data_config
+
+    data = read_data_config(str(data_recipe))
+    build_datasets(data)
+    row = load_built(data.output_dir)["sft_train"][0]
+    model, processor = load_model(ModelArguments(model_name_or_path=str(tiny)))
+    args = SFTConfig(
+        output_dir="/tmp/unused", assistant_only_loss=True, report_to="none", use_cpu=True, max_length=None
+    )
+    dataset = sft_rows(load_built(data.output_dir)["sft_train"], get_answer_format("free_reasoning"), limit=1)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled = batch["input_ids"][0][batch["labels"][0] != -100]
+    # The answer and the turn's end marker are trained; the prompt, the image tokens and padding are not.
+    assert processor.tokenizer.decode(labelled) == row["answer"] + "<end_of_turn>\n"
+
+
+def test_sft_resumes_from_its_last_checkpoint(tiny, data_recipe, tmp_path):
+    from train import sft
+
+    out = tmp_path / "sft"
+    common = ["--eval_strategy", "steps", "--save_strategy", "steps", "--save_steps", "1", "--eval_steps", "1"]
+    sft.main(_sft_args(tiny, data_recipe, out, *common, "--max_steps", "1"))
+    (out / "adapter" / "adapter_config.json").unlink()  # as if the run had been interrupted after step 1
+    assert (out / "checkpoint-1").is_dir()
+    sft.main(_sft_args(tiny, data_recipe, out, *common, "--max_steps", "2"))
+    steps = [entry["step"] for entry in json.loads((out / "sft_log.json").read_text()) if "loss" in entry]
+    assert (out / "checkpoint-2").is_dir() and 1 not in steps  # step 1 was not trained again
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--eval_strategy", "no"], "early stopping needs"),
+        (["--early_stopping_patience", "0"], "early_stopping_patience"),
+        (["--dtype", "float8"], "dtype must be"),
+        (["--lora_dropout", "1.5"], "lora_dropout"),
+        (["--data_config", "nope.yaml"], "does not exist"),
+    ],
+)
+def test_sft_config_errors_are_messages(tmp_path, override, message):
+    from train import sft
+
+    with pytest.raises(SystemExit) as exit_info:
+        sft.main(["--config", "train/recipes/tiny/sft.yaml", "--output_dir", str(tmp_path), *override])
+    assert message in str(exit_info.value)
+
+
+def test_base_stage_runs_and_saves(data_recipe, tmp_path):
+    from train import base
+
+    final = base.main(["--config", "train/recipes/tiny/base.yaml", "--data_config", str(data_recipe),
+                       "--output_dir", str(tmp_path), "--vision_samples", "12", "--caption_samples", "6",
+                       "--format_samples", "4", "--vision_batch_size", "4", "--max_steps", "2"])  # fmt: skip
+    assert (final / "model.safetensors").exists() and (final / "processor_config.json").exists()
+    log = json.loads((tmp_path / "base_log.json").read_text())
+    assert len(log["vision_warm_up"]) == 2 * 3 and log["language"]  # 2 epochs × 12/4 batches

@@ -1,0 +1,82 @@
+"""The tiny recipe's base stage: make a random-initialised tiny Gemma3 VLM a stand-in for a pretrained one.
+
+    python -m train.base --config train/recipes/tiny/base.yaml
+
+Builds the tiny model (`chexreason.tiny_model`) if needed, warms up its vision tower on phantoms, then
+trains all its weights on lay captions and off-image answers in the recipe's format (`chexreason.pretrain`).
+Writes ``<output_dir>/model`` (weights + processor) and ``<output_dir>/base_log.json``. Tested on a 2-core
+CPU. Not part of the paper: MedGemma-4B arrives pretrained; this stage exists because ours cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl import SFTTrainer, TrlParser
+
+from chexreason.pretrain import base_corpus, caption_conversations, format_conversations, warm_up_vision
+from chexreason.prompts import get_answer_format
+from chexreason.tiny_model import TinySpec, build_tiny
+from train.configs import BaseStageConfig, read_data_config
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        (config,) = TrlParser(BaseStageConfig).parse_args_and_config(args=argv)
+        data = read_data_config(config.data_config)
+    except ValueError as error:
+        sys.exit(f"train.base: {error}")
+    out = Path(config.output_dir)
+    final = out / "model"
+    if (final / "model.safetensors").exists():
+        logger.info("base model already built at %s", final)
+        return final
+
+    init = build_tiny(out / "init", TinySpec(), seed=config.seed)  # the processor resizes phantoms to its input
+    model = AutoModelForImageTextToText.from_pretrained(init, use_safetensors=True)
+    processor = AutoProcessor.from_pretrained(init)
+    corpus = base_corpus(config.vision_samples, data.seed, data.image_size)
+    vision_log = warm_up_vision(
+        model,
+        processor,
+        corpus,
+        config.vision_epochs,
+        config.vision_batch_size,
+        config.vision_learning_rate,
+        config.seed,
+    )
+
+    # Language stage: captions and format examples on disjoint slices of the same corpus, shuffled together.
+    captions = caption_conversations(corpus[: config.caption_samples])
+    formats = format_conversations(
+        corpus[config.caption_samples : config.caption_samples + config.format_samples],
+        get_answer_format(data.answer_format),
+        config.seed,
+    )
+    dataset = Dataset.from_list(captions + formats).shuffle(seed=config.seed)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
+    trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    trainer.save_model(str(final))
+    processor.save_pretrained(final)
+    log = {"vision_warm_up": vision_log, "language": trainer.state.log_history}
+    (out / "base_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return final
+
+
+def _last_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder, so an interrupted run resumes where it stopped."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+
+
+if __name__ == "__main__":
+    main()
