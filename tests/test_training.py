@@ -157,7 +157,8 @@ def test_base_stage_runs_and_saves(data_recipe, tmp_path):
 
     final = base.main(["--config", "train/recipes/tiny/base.yaml", "--data_config", str(data_recipe),
                        "--output_dir", str(tmp_path), "--vision_samples", "12", "--caption_samples", "6",
-                       "--format_samples", "4", "--vision_batch_size", "4", "--max_steps", "2"])  # fmt: skip
+                       "--format_samples", "4", "--vision_batch_size", "4", "--vision_epochs", "2",
+                       "--max_steps", "2"])  # fmt: skip
     assert (final / "model.safetensors").exists() and (final / "processor_config.json").exists()
     log = json.loads((tmp_path / "base_log.json").read_text())
     assert len(log["vision_warm_up"]) == 2 * 3 and log["language"]  # 2 epochs × 12/4 batches
