@@ -468,7 +468,7 @@ def _as_rgb(image: Image.Image | str | Path | bytes) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     eos = model.generation_config.eos_token_id
     ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
@@ -587,7 +587,7 @@ def _load_base(checkpoints: Sequence[CheckpointSpec], device: torch.device, dtyp
         adapter_names[checkpoint.name] = loaded[key]
     model.to(device)
     model.eval()  # PEFT refuses adapter_names in training mode; no dropout at inference
-    decoder = CompletionDecoder(processor.tokenizer, _stop_token_ids(model, processor.tokenizer))
+    decoder = CompletionDecoder(processor.tokenizer, stop_token_ids(model, processor.tokenizer))
     return LoadedBase(first.model, first.revision, model, processor, adapter_names, decoder)
 
 

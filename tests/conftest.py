@@ -61,3 +61,22 @@ def models(tiny_set: Path):
     from chexreason.modeling import load_model_set
 
     return load_model_set(tiny_set)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_set) -> Path:
+    """The random tiny base model of the shared test model set (conftest.py)."""
+    return tiny_set.parent / "base"
+
+
+@pytest.fixture(scope="session")
+def data_recipe(tmp_path_factory) -> Path:
+    """A small phantom data recipe (its datasets are built by the first stage that needs them)."""
+    folder = tmp_path_factory.mktemp("data")
+    recipe = folder / "data.yaml"
+    recipe.write_text(
+        Path("train/recipes/tiny/data.yaml").read_text()
+        + f"\noutput_dir: {folder / 'built'}\nsft_samples: 20\nrl_samples: 4\ntest_samples_per_site: 4\n"
+        + "image_size: 96\nworkers: 1\n"
+    )
+    return recipe

@@ -12,28 +12,24 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from trl import SFTTrainer, TrlParser
+from trl import SFTTrainer
 
 from chexreason.pretrain import base_corpus, caption_conversations, format_conversations, warm_up_vision
 from chexreason.prompts import get_answer_format
 from chexreason.tiny_model import TinySpec, build_tiny
-from train.configs import BaseStageConfig, read_data_config
+from chexreason.training import last_checkpoint
+from train.configs import BaseStageConfig, parse_stage
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        (config,) = TrlParser(BaseStageConfig).parse_args_and_config(args=argv)
-        data = read_data_config(config.data_config)
-    except ValueError as error:
-        sys.exit(f"train.base: {error}")
+    config, data = parse_stage("train.base", (BaseStageConfig,), argv)
     out = Path(config.output_dir)
     final = out / "model"
     if (final / "model.safetensors").exists():
@@ -63,19 +59,12 @@ def main(argv: list[str] | None = None) -> Path:
     )
     dataset = Dataset.from_list(captions + formats).shuffle(seed=config.seed)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    trainer.train(resume_from_checkpoint=last_checkpoint(out))
     trainer.save_model(str(final))
     processor.save_pretrained(final)
     log = {"vision_warm_up": vision_log, "language": trainer.state.log_history}
     (out / "base_log.json").write_text(json.dumps(log, indent=1) + "\n")
     return final
-
-
-def _last_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder, so an interrupted run resumes where it stopped."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
 
 
 if __name__ == "__main__":

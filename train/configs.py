@@ -6,13 +6,15 @@ message that names the field.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
-from trl import SFTConfig
+from trl import GRPOConfig, SFTConfig
 
 from chexreason.data.readers import UNCERTAINTY_POLICIES
 from chexreason.labels import EVAL_LABEL_SETS
 from chexreason.prompts import ANSWER_FORMATS
+from chexreason.rewards import REWARD_FACTORIES
 
 DATA_SOURCES = ("phantom", "real")
 TEACHERS = ("template", "api")
@@ -181,6 +183,18 @@ class ModelArguments:
             raise ValueError("model config: set both min_pixels and max_pixels, with min_pixels <= max_pixels")
 
 
+def parse_stage(prog: str, types: tuple[type, ...], argv: list[str] | None) -> tuple:
+    """A stage's configs from its YAML recipe and command line, followed by the DataConfig its `data_config`
+    names. A config mistake ends the program with a message, not a traceback."""
+    from trl import TrlParser
+
+    try:
+        configs = TrlParser(types).parse_args_and_config(args=argv)
+        return (*configs, read_data_config(configs[-1].data_config))
+    except ValueError as error:
+        sys.exit(f"{prog}: {error}")
+
+
 def read_data_config(path: str) -> DataConfig:
     """The DataConfig of a data recipe YAML (the stages name theirs with `data_config`)."""
     from transformers import HfArgumentParser
@@ -261,3 +275,88 @@ class SFTStageConfig(SFTConfig):
         if str(self.eval_strategy) == "no" or str(self.eval_strategy) != str(self.save_strategy):
             raise ValueError("sft config: early stopping needs eval_strategy == save_strategy (e.g. both 'epoch')")
         super().__post_init__()
+
+
+# ---------------------------------------------------------------------------------------------- GRPO
+
+# The paper's GRPO values (DESIGN §3). TRL 1.16's defaults differ for loss_type (dapo), beta (0.0) and
+# scale_rewards (group), so every recipe sets each of these explicitly; `GRPOStageConfig.paper_departures`
+# lists what a recipe changes.
+PAPER_GRPO: dict[str, object] = {
+    "loss_type": "dr_grpo",  # Dr. GRPO: the loss is normalised by the constant max_completion_length ...
+    "scale_rewards": "none",  # ... and advantages are not divided by the group's standard deviation
+    "beta": 0.15,  # KL penalty against the reference, the SFT policy
+    "epsilon": 0.15,  # asymmetric PPO clipping [1 - 0.15, 1 + 0.22]
+    "epsilon_high": 0.22,
+    "importance_sampling_level": "token",
+    "num_generations": 4,
+    "temperature": 0.8,
+    "top_p": 0.95,
+}
+
+
+@dataclass
+class GRPOStageConfig(GRPOConfig):
+    """GRPO from the SFT adapter (`python -m train.grpo`). GRPOConfig's fields carry the paper's values set in
+    each recipe (`PAPER_GRPO`); the fields below are ours."""
+
+    data_config: str = field(
+        default="train/recipes/tiny/data.yaml", metadata={"help": "Data recipe whose RL prompts to train on."}
+    )
+    sft_recipe: str | None = field(
+        default=None,
+        metadata={"help": "SFT recipe to run first when sft_adapter does not exist (one command regenerates all)."},
+    )
+    sft_adapter: str = field(
+        default="outputs/tiny/sft/adapter",
+        metadata={"help": "The SFT LoRA adapter the policy starts from; a frozen copy of it is the KL reference."},
+    )
+    rewards: list[str] = field(
+        default_factory=lambda: ["hard"],
+        metadata={"help": f"Rewards by name (chexreason.rewards.get_reward), summed: {sorted(REWARD_FACTORIES)}."},
+    )
+    reward_length_threshold: int = field(
+        default=250,
+        metadata={"help": "Hard reward: valid outputs shorter than this many tokens pay λ_len (paper: 250)."},
+    )
+    reward_length_penalty: float = field(
+        default=0.1, metadata={"help": "Hard reward: λ_len (the paper does not publish it; 0.1 is ours)."}
+    )
+    validation_samples: int = field(
+        default=200,
+        metadata={
+            "help": "sft_validation images the best-checkpoint callback scores (greedy) at every save; 0 turns it off."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N RL prompts (smoke tests)."}
+    )
+
+    def __post_init__(self) -> None:
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(f"grpo config: {message}")
+
+        unknown = [name for name in self.rewards if name not in REWARD_FACTORIES]
+        need(not unknown, f"unknown reward {', '.join(map(repr, unknown))}; choose from {sorted(REWARD_FACTORIES)}")
+        need(bool(self.rewards) and len(set(self.rewards)) == len(self.rewards), "rewards: one or more, no repeats")
+        need(self.reward_length_threshold >= 0, "reward_length_threshold must be at least 0")
+        need(self.reward_length_penalty >= 0, "reward_length_penalty must be at least 0")
+        need(self.validation_samples >= 0, "validation_samples must be at least 0")
+        need(self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples must be at least 1")
+        need(
+            self.reward_weights is None or len(self.reward_weights) == len(self.rewards),
+            "reward_weights needs one weight per reward",
+        )
+        # Dr. GRPO divides the summed token losses by max_completion_length: it must be a number.
+        need(
+            self.loss_type != "dr_grpo" or self.max_completion_length is not None,
+            "loss_type dr_grpo needs max_completion_length (its loss normaliser)",
+        )
+        super().__post_init__()
+
+    def paper_departures(self) -> dict[str, tuple[object, object]]:
+        """GRPO values that differ from the paper's: name -> (this config's value, the paper's)."""
+        return {
+            name: (getattr(self, name), paper) for name, paper in PAPER_GRPO.items() if getattr(self, name) != paper
+        }

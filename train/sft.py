@@ -15,27 +15,22 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback
-from trl import SFTTrainer, TrlParser
+from trl import SFTTrainer
 
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint, load_model, lora_config, sft_rows
-from train.configs import ModelArguments, SFTStageConfig, read_data_config
+from train.configs import ModelArguments, SFTStageConfig, parse_stage
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        model_args, config = TrlParser((ModelArguments, SFTStageConfig)).parse_args_and_config(args=argv)
-        data = read_data_config(config.data_config)
-    except ValueError as error:
-        sys.exit(f"train.sft: {error}")
+    model_args, config, data = parse_stage("train.sft", (ModelArguments, SFTStageConfig), argv)
     out = Path(config.output_dir)
     adapter = out / "adapter"
     if (adapter / "adapter_config.json").exists():

@@ -1,0 +1,310 @@
+"""The GRPO stage, a few steps on the random tiny model: the reference is the SFT policy, only the policy's LoRA
+weights move, saved adapters stand alone, the nuanced reward's window survives a resume, the recipe holds the
+paper's values."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from chexreason.rewards import REWARD_FACTORIES
+
+MAX_TOKENS = 16
+PAPER_RECIPE = Path("train/recipes/tiny/grpo.yaml")
+
+
+def parity_reward(completions, completion_ids=None, **kwargs) -> list[float]:
+    """A test-only reward that varies on a random model (whose outputs our rewards all score alike, and which
+    writes to the length limit): the share of even token ids. So the policy gets a gradient."""
+    return [sum(i % 2 == 0 for i in ids) / len(ids) for ids in completion_ids]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_reward():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(REWARD_FACTORIES, "test_parity", lambda **options: parity_reward)
+        yield
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny, tmp_path_factory) -> Path:
+    """A stand-in SFT adapter: the SFT stage's LoRA (`lora_config`) with random B, so it differs from the base."""
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from chexreason.training import lora_config
+    from train.configs import ModelArguments
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
+    peft_model = get_peft_model(model, lora_config(ModelArguments(lora_r=4, lora_alpha=8)))
+    noise = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=noise) * 0.3)
+    folder = tmp_path_factory.mktemp("sft") / "adapter"
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def _args(tiny: Path, sft: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    os.environ["TQDM_DISABLE"] = "1"
+    return ["--config", str(PAPER_RECIPE), "--model_name_or_path", str(tiny), "--sft_adapter", str(sft),
+            "--sft_recipe", "", "--data_config", str(data), "--output_dir", str(out),
+            "--max_completion_length", str(MAX_TOKENS), "--per_device_train_batch_size", "4",  # 1 prompt x 4
+            "--steps_per_generation", "1", "--lr_scheduler_type", "constant",  # a resume may extend max_steps
+            "--per_device_eval_batch_size", "2", "--validation_samples", "2", "--max_train_samples", "4",
+            "--logging_steps", "1", "--save_steps", "1", "--rewards", "nuanced", "test_parity", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tiny, sft_adapter, data_recipe, tmp_path_factory):
+    """`python -m train.grpo` for one step, interrupted, then resumed to step 2."""
+    from train import grpo
+
+    out = tmp_path_factory.mktemp("grpo")
+    grpo.main(_args(tiny, sft_adapter, data_recipe, out, "--max_steps", "1"))
+    first_window = _window(out / "checkpoint-1")
+    (out / "adapter" / "adapter_config.json").unlink()  # as if the run had stopped after step 1
+    grpo.main(_args(tiny, sft_adapter, data_recipe, out, "--max_steps", "2"))
+    return out, first_window
+
+
+@pytest.fixture(scope="module")
+def library_run(tiny, sft_adapter, data_recipe, tmp_path_factory):
+    """Two GRPO steps through `chexreason.grpo.build_grpo_run`, keeping the trainer for inspection."""
+    from trl import TrlParser
+
+    from chexreason.data.build import build_datasets, load_built
+    from chexreason.grpo import build_grpo_run
+    from chexreason.prompts import get_answer_format
+    from train.configs import GRPOStageConfig, ModelArguments, read_data_config
+
+    out = tmp_path_factory.mktemp("grpo-lib")
+    argv = _args(tiny, sft_adapter, data_recipe, out, "--max_steps", "2", "--save_strategy", "no")
+    model_args, config = TrlParser((ModelArguments, GRPOStageConfig)).parse_args_and_config(args=argv)
+    data = read_data_config(config.data_config)
+    build_datasets(data)
+    run = build_grpo_run(model_args, config, load_built(data.output_dir), get_answer_format("free_reasoning"))
+    run.train()
+    return run
+
+
+def _window(checkpoint: Path) -> list:
+    return json.loads((checkpoint / "reward_state_rank0.json").read_text())["nuanced"]["window"]
+
+
+def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits
+
+
+def _bare_base(tiny: Path):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True).eval()
+
+
+def _as_adapter(name: str, adapter: str = "ref") -> str:
+    """A key of a saved adapter file as it is named inside a PeftModel holding that adapter as `adapter`."""
+    return name.replace(".weight", f".{adapter}.weight")
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_reference_is_the_frozen_sft_adapter(library_run, sft_adapter, tiny):
+    from peft import PeftModel
+    from trl.trainer.utils import use_adapter
+
+    from chexreason.grpo import POLICY, REFERENCE
+
+    policy = library_run.policy
+    assert set(policy.peft_config) == {POLICY, REFERENCE}
+    sft = load_file(sft_adapter / "adapter_model.safetensors")
+    parameters = dict(policy.named_parameters())
+    for name, weight in sft.items():  # the reference still holds the SFT weights, after two optimizer steps
+        assert torch.equal(parameters[_as_adapter(name)].detach(), weight), name
+    optimized = {id(p) for group in library_run.trainer.optimizer.param_groups for p in group["params"]}
+    ref_parameters = [p for name, p in parameters.items() if ".ref." in name]
+    assert ref_parameters and not any(p.requires_grad or id(p) in optimized for p in ref_parameters)
+    moved = [name for name, weight in sft.items() if not torch.equal(parameters[_as_adapter(name, "default")], weight)]
+    assert moved  # while the policy has moved
+
+    # The reference log-probs are those of the SFT model, not of the bare base.
+    input_ids = torch.tensor([[2, 4, 100, 200, 300, 400, 5]])
+    policy.eval()
+    with use_adapter(policy, "ref"):  # how TRL computes the reference log-probs
+        reference = _logits(policy, input_ids)
+    sft_model = PeftModel.from_pretrained(_bare_base(tiny), sft_adapter).eval()
+    torch.testing.assert_close(reference, _logits(sft_model, input_ids))
+    assert not torch.allclose(reference, _logits(_bare_base(tiny), input_ids), atol=1e-3)
+    assert not torch.allclose(reference, _logits(policy, input_ids), atol=1e-6)  # the policy is "default" again
+
+
+def test_only_the_language_lora_moves(library_run, tiny):
+    policy = library_run.policy
+    base = _bare_base(tiny).state_dict()
+    trained = {name.replace("base_layer.", ""): p for name, p in policy.get_base_model().state_dict().items()}
+    frozen = {name: p for name, p in trained.items() if "lora_" not in name}
+    assert set(frozen) == set(base)  # every base weight is there ...
+    assert all(torch.equal(frozen[name], base[name]) for name in base)  # ... untouched, vision tower included
+    assert any("vision_tower" in name for name in base)
+    trainable = [name for name, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in name and "language_model" in name for name in trainable)
+
+
+def test_saved_adapters_are_the_policy_alone(resumed_run, tiny):
+    from peft import PeftModel
+
+    out, _ = resumed_run
+    input_ids = torch.tensor([[2, 4, 100, 200, 5]])
+    for folder in (out / "adapter", out / "best_adapter"):
+        weights = load_file(folder / "adapter_model.safetensors")
+        assert weights and all("lora_" in name and ".ref" not in name for name in weights)
+        assert not (folder / "ref").exists()
+        model = PeftModel.from_pretrained(_bare_base(tiny), folder).eval()  # loads standalone
+        assert list(model.peft_config) == ["default"]
+        assert torch.isfinite(_logits(model, input_ids)).all()
+    best = json.loads((out / "best_adapter" / "best.json").read_text())
+    assert best["step"] in (1, 2) and 0 <= best["macro_f1"] <= 1 and best["label_set"] == "chexpert14"
+
+
+def test_saved_final_adapter_is_the_trained_policy(library_run, tiny, tmp_path):
+    from peft import PeftModel
+
+    from chexreason.grpo import save_policy
+
+    folder = save_policy(library_run.policy, tmp_path / "adapter")
+    input_ids = torch.tensor([[2, 4, 100, 200, 5]])
+    library_run.policy.eval()
+    loaded = PeftModel.from_pretrained(_bare_base(tiny), folder).eval()
+    torch.testing.assert_close(_logits(loaded, input_ids), _logits(library_run.policy, input_ids))
+
+
+def test_nuanced_window_survives_resume(resumed_run, caplog):
+    out, first_window = resumed_run
+    assert len(first_window) == 4  # 1 prompt x 4 completions scored in step 1
+    # Step 2 scored 4 more on top of the restored 4 (a fresh window would hold 4).
+    assert len(_window(out / "checkpoint-2")) == len(first_window) + 4
+    assert _window(out / "checkpoint-2")[:4] == first_window
+    log = json.loads((out / "grpo_log.json").read_text())
+    assert [entry["step"] for entry in log["validation"]] == [1, 2]  # the step-1 validation was restored too
+    train_steps = [entry["step"] for entry in log["log_history"] if "reward" in entry]
+    assert train_steps == [1, 2]  # restored from checkpoint-1's trainer state, step 1 not trained again
+    first, second = (load_file(out / f"checkpoint-{n}" / "adapter_model.safetensors") for n in (1, 2))
+    assert any(not torch.equal(first[name], second[name]) for name in first)  # training went on after resuming
+    assert load_file(out / "checkpoint-2" / "ref" / "adapter_model.safetensors").keys() == first.keys()
+
+
+def test_logs_hold_reward_kl_length_and_fail_rate(resumed_run):
+    out, _ = resumed_run
+    log = json.loads((out / "grpo_log.json").read_text())
+    entry = next(e for e in log["log_history"] if e["step"] == 2 and "reward" in e)
+    for key in ("reward", "kl", "completions/mean_length", "fail_rate", "rewards/nuanced_reward/mean",
+                "nuanced/format", "nuanced/partial", "rewards/parity_reward/mean"):  # fmt: skip
+        assert key in entry, key
+    assert entry["fail_rate"] == 1.0  # a random model writes no answer block
+    assert entry["nuanced/format"] == 100.0  # ... and pays the unparseable penalty
+    assert log["best"]["macro_f1"] == max(v["macro_f1"] for v in log["validation"])
+
+
+def test_rewards_read_the_tags_trl_drops(tiny):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from chexreason.grpo import FAIL_RATE, build_rewards, completion_decoder, trainer_rewards
+
+    processor = AutoProcessor.from_pretrained(tiny)
+    model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
+    answer = "<think>" + "x " * 10 + "</think><solution>Edema</solution>"
+    ids = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in (answer, "no answer")]
+    ids[0].append(processor.tokenizer.convert_tokens_to_ids("<end_of_turn>"))  # TRL keeps the stop token
+    trl_text = processor.batch_decode(ids, skip_special_tokens=True)  # what GRPOTrainer hands the rewards
+    assert "<solution>" not in trl_text[0]
+    rewards = build_rewards(["hard"], "think_solution", length_threshold=50, length_penalty=0.1)
+    (hard,) = trainer_rewards(rewards, completion_decoder(model, processor), "think_solution")
+    logged = {}
+    scores = hard(trl_text, completion_ids=ids, ground_truth=[["Edema"], ["Edema"]], log_metric=logged.__setitem__)
+    assert scores == pytest.approx([0.9, 0.0])  # valid, exact, shorter than 50 tokens: 1 - λ_len
+    assert hard.__name__ == "hard_reward" and logged == {FAIL_RATE: 0.5}
+
+
+def test_recipe_sets_the_papers_grpo_values():
+    from trl import TrlParser
+
+    from train.configs import PAPER_GRPO, GRPOStageConfig, ModelArguments
+
+    recipe = yaml.safe_load(PAPER_RECIPE.read_text())
+    assert set(PAPER_GRPO) <= set(recipe)  # set explicitly: TRL 1.16's defaults differ
+    _, config = TrlParser((ModelArguments, GRPOStageConfig)).parse_args_and_config(
+        args=["--config", str(PAPER_RECIPE)]
+    )
+    expected = {"loss_type": "dr_grpo", "beta": 0.15, "epsilon": 0.15, "epsilon_high": 0.22,
+                "importance_sampling_level": "token", "scale_rewards": "none", "num_generations": 4,
+                "temperature": 0.8, "top_p": 0.95}  # fmt: skip
+    assert expected == PAPER_GRPO
+    assert {name: getattr(config, name) for name in expected} == expected
+    assert config.paper_departures() == {}
+    assert config.max_completion_length is not None and config.rewards == ["hard"]
+    assert config.generation_batch_size % config.num_generations == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--rewards", "hard", "jaccard"], "unknown reward 'jaccard'; choose from ['format', 'hard', 'nuanced'"),
+        (["--rewards", "hard", "hard"], "no repeats"),
+        (["--reward_weights", "1.0", "2.0"], "one weight per reward"),
+        (["--validation_samples", "-1"], "validation_samples"),
+        (["--data_config", "nope.yaml"], "does not exist"),
+        (["--sft_adapter", "nowhere", "--sft_recipe", ""], "no SFT adapter at nowhere"),
+    ],
+)
+def test_grpo_config_errors_are_messages(tmp_path, override, message, data_recipe):
+    from train import grpo
+
+    argv = ["--config", str(PAPER_RECIPE), "--output_dir", str(tmp_path), "--data_config", str(data_recipe)]
+    with pytest.raises(SystemExit) as exit_info:
+        grpo.main([*argv, *override])
+    assert str(exit_info.value).startswith("train.grpo: ") and message in str(exit_info.value)
+
+
+def test_best_policy_survives_a_checkpoint_without_its_validation(tmp_path):
+    from types import SimpleNamespace
+
+    from chexreason.grpo import BEST_ADAPTER, BEST_JSON, BestPolicyCallback, ValidationSet
+    from chexreason.prompts import get_prompt
+
+    processor = SimpleNamespace(tokenizer=SimpleNamespace(padding_side="right"))
+    callback = BestPolicyCallback(ValidationSet([], [], "chexpert14", get_prompt("free_reasoning")), processor,
+                                  tmp_path, max_new_tokens=8, batch_size=2)  # fmt: skip
+    assert callback.processor.tokenizer.padding_side == "left" and processor.tokenizer.padding_side == "right"
+    (tmp_path / "checkpoint-3").mkdir()
+    assert callback.restore(tmp_path / "checkpoint-3") == [] and callback.best is None
+    scores = dict.fromkeys(("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall",
+                            "fail_rate"), 0.5)  # fmt: skip
+    (tmp_path / BEST_ADAPTER).mkdir()
+    (tmp_path / BEST_ADAPTER / BEST_JSON).write_text(json.dumps({"step": 2, "macro_f1": 0.4, **scores}))
+    assert callback.restore(tmp_path / "checkpoint-3") == [{"step": 2, "macro_f1": 0.4, **scores}]
+    assert callback.best["step"] == 2
+
+
+def test_missing_sft_adapter_runs_the_sft_recipe_first(tmp_path, data_recipe, monkeypatch):
+    from train import grpo, sft
+
+    calls = []
+
+    def fake_sft(argv):
+        calls.append(argv)
+        raise SystemExit("sft ran")
+
+    monkeypatch.setattr(sft, "main", fake_sft)
+    argv = ["--config", str(PAPER_RECIPE), "--output_dir", str(tmp_path), "--data_config", str(data_recipe),
+            "--sft_adapter", str(tmp_path / "missing"), "--sft_recipe", "my/sft.yaml"]  # fmt: skip
+    with pytest.raises(SystemExit, match="sft ran"):
+        grpo.main(argv)
+    assert calls == [["--config", "my/sft.yaml"]]
