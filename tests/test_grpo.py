@@ -54,7 +54,7 @@ def sft_adapter(tiny, tmp_path_factory) -> Path:
 def _args(tiny: Path, sft: Path, data: Path, out: Path, *extra: str) -> list[str]:
     os.environ["TQDM_DISABLE"] = "1"
     return ["--config", str(PAPER_RECIPE), "--model_name_or_path", str(tiny), "--sft_adapter", str(sft),
-            "--sft_recipe", "", "--data_config", str(data), "--output_dir", str(out),
+            "--sft_recipe", "", "--data_config", str(data), "--output_dir", str(out), "--export_dir", "",
             "--max_completion_length", str(MAX_TOKENS), "--per_device_train_batch_size", "4",  # 1 prompt x 4
             "--steps_per_generation", "1", "--lr_scheduler_type", "constant",  # a resume may extend max_steps
             "--per_device_eval_batch_size", "2", "--validation_samples", "2", "--max_train_samples", "4",
@@ -308,3 +308,21 @@ def test_missing_sft_adapter_runs_the_sft_recipe_first(tmp_path, data_recipe, mo
     with pytest.raises(SystemExit, match="sft ran"):
         grpo.main(argv)
     assert calls == [["--config", "my/sft.yaml"]]
+
+
+def test_export_bundles_a_loadable_evaluated_model_set(tiny, sft_adapter, data_recipe, tmp_path):
+    # What the tiny recipe does at its end: base + SFT + best GRPO, logs, model_set.yaml, eval.json, model card.
+    from chexreason.modeling import load_model_set
+    from chexreason.results import load_results
+    from train import grpo
+
+    export = tmp_path / "export"
+    grpo.main([*_args(tiny, sft_adapter, data_recipe, tmp_path / "run", "--max_steps", "1"),
+               "--export_dir", str(export), "--evaluate_after", "true"])  # fmt: skip
+    models = load_model_set(export / "model_set.yaml")
+    assert models.checkpoints == ("base", "sft", "grpo")
+    assert not any("ref" in p.name for p in (export / "grpo").iterdir())
+    assert {r.checkpoint for r in load_results(export / "eval.json").runs} == {"base", "sft", "grpo"}
+    card = (export / "README.md").read_text()
+    assert "not for diagnosis" in card and "grpo − sft" in card
+    assert (export / "logs" / "grpo_log.json").exists()

@@ -331,6 +331,13 @@ class GRPOStageConfig(GRPOConfig):
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N RL prompts (smoke tests)."}
     )
+    export_dir: str | None = field(
+        default=None,
+        metadata={"help": "When set, export base + SFT + best GRPO adapters, logs and model_set.yaml there."},
+    )
+    evaluate_after: bool = field(
+        default=False, metadata={"help": "After exporting, evaluate the exported set (eval.json + model card)."}
+    )
 
     def __post_init__(self) -> None:
         def need(condition: bool, message: str) -> None:

@@ -36,12 +36,14 @@ import sys
 from pathlib import Path
 
 from chexreason.data.build import build_datasets, load_built
-from chexreason.grpo import ADAPTER_CONFIG, build_grpo_run
+from chexreason.export import export_model_set, write_model_card
+from chexreason.grpo import ADAPTER_CONFIG, BEST_ADAPTER, build_grpo_run
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
 from train.configs import GRPOStageConfig, ModelArguments, parse_stage
 
 logger = logging.getLogger(__name__)
+COMMAND = "python -m train.grpo --config train/recipes/tiny/grpo.yaml"  # what the exported model card cites
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -65,7 +67,35 @@ def main(argv: list[str] | None = None) -> Path:
     except FileNotFoundError as error:
         sys.exit(f"train.grpo: {error}")
     run.train(resume_from_checkpoint=last_checkpoint(out))
-    return run.save(out)
+    adapter = run.save(out)
+    if config.export_dir:
+        export(model_args, config, data.answer_format)
+    return adapter
+
+
+def export(model_args: ModelArguments, config: GRPOStageConfig, prompt: str) -> None:
+    """Bundle base + SFT + best GRPO as a model set in `export_dir`, then evaluate it if asked."""
+    base = Path(model_args.model_name_or_path)
+    best = Path(config.output_dir) / BEST_ADAPTER
+    spec = export_model_set(
+        config.export_dir,
+        name=Path(config.export_dir).name,
+        description="Tiny Gemma3 (1.2 M parameters) trained by the tiny recipe on synthetic phantoms; not diagnostic.",
+        base_model=base,
+        sft_adapter=config.sft_adapter,
+        grpo_adapter=best if best.exists() else Path(config.output_dir) / "adapter",
+        prompt=prompt,
+        logs={
+            "base_log.json": base.parent / "base_log.json",
+            "sft_log.json": Path(config.sft_adapter).parent / "sft_log.json",
+            "grpo_log.json": Path(config.output_dir) / "grpo_log.json",
+        },
+    )
+    if config.evaluate_after:
+        from train import evaluate
+
+        results = evaluate.main(["--models", str(spec), "--data_config", config.data_config])
+        write_model_card(config.export_dir, results, COMMAND)
 
 
 if __name__ == "__main__":
