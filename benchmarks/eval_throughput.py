@@ -1,6 +1,6 @@
 """Batched evaluation vs one image at a time, on the same checkpoint and images (target: batched >= 4x).
 
-    python -m benchmarks.eval_throughput --models outputs/tiny/model_set.yaml --checkpoint sft --images 64
+    python -m benchmarks.eval_throughput --models checkpoints/tiny/model_set.yaml --checkpoint sft --images 64
 
 Greedy generation of one checkpoint on the first N images of a built test split; prints images per second
 for each mode and their ratio, and checks both modes wrote the same answers.
