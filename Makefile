@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check
 
-.PHONY: app test quality format clean
+.PHONY: app test test-slow quality format clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ app: $(VENV)/.installed
 ## Run the fast test suite (doctests included)
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
+
+## The slow tests: the whole tiny recipe from nothing (~10 min on 2 cores)
+test-slow: $(VENV)/.installed-dev
+	$(PY) -m pytest -m slow tests/slow
 
 ## Lint and check formatting
 quality: $(VENV)/.installed-dev
