@@ -85,6 +85,13 @@ def build_datasets(config: DataConfig) -> dict:
             return manifest
         logger.info("config changed since the last build in %s: rebuilding", out)
 
+    missing = config.missing_real_paths()
+    if missing:
+        raise DatasetError(
+            "data config: source 'real' needs "
+            + ", ".join(f"--{name}" for name in missing)
+            + " (on the python -m train.data command line, or in the data recipe)"
+        )
     start = time.perf_counter()
     report = SplitReport()
     if config.source == "phantom":

@@ -11,7 +11,7 @@ import yaml
 
 from chexreason.results import load_results
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~10 min on 2 idle cores; room for a busy one
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("data", "base", "sft", "grpo")
 

@@ -1,0 +1,149 @@
+"""The paper recipes (MedGemma-4B, Qwen2.5-VL-3B) and the accelerate configs: they parse, and they carry the
+paper's values (DESIGN §3). Fast: nothing loads a model or reads a dataset.
+
+TrainingArguments rejects `bf16: true` on a machine without a GPU unless `use_cpu` is set, so the stage
+recipes are parsed with `--use_cpu true` (which leaves bf16 as written) and the YAML itself is checked for
+`bf16: true`.
+"""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.configs import (
+    LM_PROJECTIONS,
+    PAPER_GRPO,
+    GRPOStageConfig,
+    ModelArguments,
+    SFTStageConfig,
+    read_data_config,
+)
+
+RECIPES = Path("train/recipes")
+FORMATS = ("only_label", "free_reasoning", "reasoning_narrative", "reasoning_a")  # the paper's Tables 2-3
+
+
+QWEN_PIXELS = (256 * 28 * 28, 512 * 28 * 28)  # 256-512 visual tokens of 28 × 28 pixels
+
+# (recipe, model, answer format, Qwen min/max pixels or None): the paper's Tables 2-3, both models × 4 formats.
+SFT_CASES = [
+    *[(f"medgemma-4b/sft_{fmt}.yaml", "google/medgemma-4b-it", fmt, None) for fmt in FORMATS],
+    *[(f"qwen2.5-vl-3b/sft_{fmt}.yaml", "Qwen/Qwen2.5-VL-3B-Instruct", fmt, QWEN_PIXELS) for fmt in FORMATS],
+]
+# (recipe, rewards): GRPO from MedGemma's Free Reasoning SFT with either reward (Table 4).
+GRPO_CASES = [("medgemma-4b/grpo_hard.yaml", ["hard"]), ("medgemma-4b/grpo_nuanced.yaml", ["nuanced"])]
+# (config, distributed_type, marked as a template not yet run)
+ACCELERATE_CASES = [
+    ("single_gpu.yaml", "NO", False),
+    ("ddp.yaml", "MULTI_GPU", False),  # run here as 2 CPU processes only
+    ("zero2.yaml", "DEEPSPEED", True),
+    ("zero3.yaml", "DEEPSPEED", True),
+    ("fsdp.yaml", "FSDP", True),
+]
+
+
+def parse(types: tuple[type, ...], recipe: str) -> tuple:
+    """A stage recipe as its command would parse it; `--use_cpu` only so bf16 is accepted without a GPU."""
+    from trl import TrlParser
+
+    return TrlParser(types).parse_args_and_config(args=["--config", recipe, "--use_cpu", "true"])
+
+
+def raw(recipe: str) -> dict:
+    return yaml.safe_load(Path(recipe).read_text())
+
+
+def data_recipe(path: str, tmp_path: Path):
+    """`read_data_config` of a real-data recipe: readable without the dataset paths, which only a build needs."""
+    config = read_data_config(path)
+    assert config.missing_real_paths()  # the user's paths go on the train.data command line
+    return config
+
+
+def test_every_recipe_is_tested():
+    # A new paper or accelerate recipe must be added to a table above.
+    tested = {RECIPES / name for name, *_ in SFT_CASES + GRPO_CASES}
+    tested |= {RECIPES / "accelerate" / name for name, *_ in ACCELERATE_CASES}
+    tested |= {RECIPES / "medgemma-4b" / f"data_{fmt}.yaml" for fmt in FORMATS}
+    found = {p for d in ("medgemma-4b", "qwen2.5-vl-3b", "accelerate") for p in (RECIPES / d).glob("*.yaml")}
+    assert found == tested
+
+
+@pytest.mark.parametrize(("name", "model_id", "fmt", "pixels"), SFT_CASES)
+def test_sft_recipe_has_the_papers_values(name, model_id, fmt, pixels, tmp_path):
+    recipe = str(RECIPES / name)
+    written = raw(recipe)
+    assert written["bf16"] is True and written["gradient_checkpointing"] is True  # as written, not as parsed
+    model, config = parse((ModelArguments, SFTStageConfig), recipe)
+
+    assert model.model_name_or_path == model_id and model.dtype == "bfloat16"
+    assert (model.lora_r, model.lora_alpha, model.lora_dropout) == (16, 32, 0.1)
+    assert model.lora_target_modules == LM_PROJECTIONS  # the language model's projections; vision frozen
+    assert (model.min_pixels, model.max_pixels) == (pixels or (None, None))
+
+    assert config.learning_rate == 5e-5 and config.lr_scheduler_type == "cosine"
+    assert config.warmup_steps == 0.05  # a ratio in transformers 5: 5% warmup
+    assert config.weight_decay == 0.01 and config.max_grad_norm == 5.0 and config.optim == "adamw_torch"
+    assert config.per_device_train_batch_size * config.gradient_accumulation_steps == 8  # on one GPU
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (1, 8)
+    assert config.num_train_epochs == 6 and config.early_stopping_patience == 2
+    assert config.eval_strategy == config.save_strategy == "epoch"
+    assert config.load_best_model_at_end and config.metric_for_best_model == "eval_loss"
+    assert config.assistant_only_loss is True
+    assert config.bf16 is True and config.gradient_checkpointing is True
+    assert config.report_to == []  # report_to: none
+    assert config.base_recipe is None  # both models arrive pretrained
+    assert config.output_dir == f"outputs/{name.split('/')[0]}/sft_{fmt}"
+
+    data = data_recipe(config.data_config, tmp_path)
+    assert data.answer_format == fmt and data.source == "real"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_data_recipe_is_the_paper_data_with_its_format(fmt, tmp_path):
+    # Each format's data recipe is train/recipes/paper/data.yaml with answer_format and output_dir changed.
+    path = RECIPES / "medgemma-4b" / f"data_{fmt}.yaml"
+    paper = raw(RECIPES / "paper" / "data.yaml")
+    assert raw(path) == {**paper, "answer_format": fmt, "output_dir": f"outputs/paper/data_{fmt}"}
+    config = data_recipe(str(path), tmp_path)
+    assert (config.sft_samples, config.sft_validation_fraction, config.rl_samples) == (2000, 0.1, 1000)
+
+
+@pytest.mark.parametrize(("name", "rewards"), GRPO_CASES)
+def test_grpo_recipe_has_the_papers_values(name, rewards, tmp_path):
+    recipe = str(RECIPES / name)
+    written = raw(recipe)
+    assert written["bf16"] is True and written["gradient_checkpointing"] is True
+    assert set(PAPER_GRPO) <= set(written)  # each paper value set explicitly, not left to TRL's defaults
+    model, config = parse((ModelArguments, GRPOStageConfig), recipe)
+
+    assert config.paper_departures() == {}
+    assert {key: getattr(config, key) for key in PAPER_GRPO} == PAPER_GRPO
+    assert config.rewards == rewards
+    assert config.reward_length_threshold == 250 and config.reward_length_penalty == 0.1
+    assert config.max_completion_length == written["max_completion_length"]  # Dr. GRPO's loss normaliser
+    assert config.use_vllm is False and config.export_dir is None
+    assert config.bf16 is True and config.gradient_checkpointing is True
+    assert config.generation_batch_size % config.num_generations == 0  # whole groups per generation batch
+
+    # From MedGemma's Free Reasoning SFT: its adapter, and the recipe that trains it when it is missing.
+    assert model.model_name_or_path == "google/medgemma-4b-it" and model.dtype == "bfloat16"
+    assert config.sft_adapter == "outputs/medgemma-4b/sft_free_reasoning/adapter"
+    assert config.sft_recipe == "train/recipes/medgemma-4b/sft_free_reasoning.yaml"
+    sft = raw(config.sft_recipe)
+    assert f"{sft['output_dir']}/adapter" == config.sft_adapter
+    assert sft["model_name_or_path"] == model.model_name_or_path and sft["data_config"] == config.data_config
+    assert data_recipe(config.data_config, tmp_path).answer_format == "free_reasoning"
+
+
+@pytest.mark.parametrize(("name", "distributed_type", "template"), ACCELERATE_CASES)
+def test_accelerate_config(name, distributed_type, template):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = RECIPES / "accelerate" / name
+    text = path.read_text()
+    assert text.startswith("#")  # a header says what it is for
+    assert yaml.safe_load(text)["distributed_type"] == distributed_type
+    assert load_config_from_file(str(path)).distributed_type == distributed_type  # accelerate accepts the keys
+    assert ("TEMPLATE, NOT YET RUN" in text) == template
