@@ -37,3 +37,22 @@ def test_stored_metrics_rescore_from_stored_predictions(results):
 def test_unknown_split_is_a_message(tiny_set, data_recipe):
     with pytest.raises(SystemExit, match="no split"):
         evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--datasets", "test_mars"])
+
+
+def test_prompt_sweep_on_one_checkpoint(tiny_set, data_recipe, tmp_path):
+    # The paper's Table 1: one checkpoint under several prompt variants; no checkpoint comparisons.
+    out = tmp_path / "prompts.json"
+    evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--datasets", "test_phantom_a",
+                   "--limit", "2", "--n_resamples", "20", "--max_new_tokens", "8", "--checkpoint", "sft",
+                   "--prompts", "reasoning_a", "reasoning_narrative", "--out", str(out)])  # fmt: skip
+    results = load_results(out)
+    assert [(r.checkpoint, r.prompt) for r in results.runs] == [("sft", "reasoning_a"), ("sft", "reasoning_narrative")]
+    assert results.comparisons == []
+
+
+def test_unknown_prompt_or_checkpoint_is_a_message(tiny_set, data_recipe):
+    with pytest.raises(SystemExit, match="unknown prompt"):
+        evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--prompts", "reasoning_z"])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--checkpoint", "rlhf",
+                       "--prompts", "reasoning_a"])  # fmt: skip

@@ -1,6 +1,7 @@
 """Evaluate every checkpoint of a model set on the evaluation sets of a data build.
 
-    python -m train.evaluate --models outputs/tiny/model_set.yaml --data_config train/recipes/tiny/data.yaml
+    python -m train.evaluate --models checkpoints/tiny/model_set.yaml --data_config train/recipes/tiny/data.yaml
+    python -m train.evaluate --models tiny --checkpoint base --prompts reasoning_a reasoning_e   # Table 1-style sweep
 
 Greedy, batched generation (all checkpoints sharing a base in one batch), scored with `chexreason.metrics` on
 each set's label set (chexpert14 for site a / CheXpert, nih9 for site b / NIH), with bootstrap intervals for
@@ -19,6 +20,7 @@ from pathlib import Path
 from chexreason.data.build import MANIFEST, build_datasets, load_built
 from chexreason.evaluation import evaluate
 from chexreason.modeling import ModelSetError, load_model_set, resolve_model_set_path
+from chexreason.prompts import get_prompt
 from chexreason.results import save_results
 from train.configs import read_data_config
 
@@ -35,12 +37,20 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--n_resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_predictions", action="store_true", help="leave per-image outputs out of the JSON")
-    parser.add_argument("--out", help="results JSON (default: eval.json next to the model set)")
+    parser.add_argument("--prompts", nargs="+", help="sweep these prompt variants (e.g. the paper's Table 1 keys) ...")
+    parser.add_argument("--checkpoint", help="... on this checkpoint of the set (default: its first)")
+    parser.add_argument(
+        "--out", help="results JSON (default: eval.json, or prompts.json for a sweep, next to the set)"
+    )
     args = parser.parse_args(argv)
     try:
         data = read_data_config(args.data_config)
         model_path = resolve_model_set_path(args.models)
         model_set = load_model_set(model_path)
+        for key in args.prompts or ():
+            get_prompt(key)
+        if args.checkpoint and args.checkpoint not in model_set.checkpoints:
+            raise ValueError(f"no checkpoint {args.checkpoint!r} in the set; it has {list(model_set.checkpoints)}")
     except (ValueError, ModelSetError, FileNotFoundError) as error:
         sys.exit(f"train.evaluate: {error}")
     build_datasets(data)
@@ -60,8 +70,9 @@ def main(argv: list[str] | None = None) -> Path:
         n_resamples=args.n_resamples,
         seed=args.seed,
         keep_predictions=not args.no_predictions,
+        sweep=(args.checkpoint or model_set.checkpoints[0], args.prompts) if args.prompts else None,
     )
-    out = Path(args.out) if args.out else model_path.parent / "eval.json"
+    out = Path(args.out) if args.out else model_path.parent / ("prompts.json" if args.prompts else "eval.json")
     save_results(results, out)
     for run in results.runs:
         ci = run.macro_f1_ci
