@@ -166,15 +166,6 @@ def trainer_rewards(
     return wrapped
 
 
-def grpo_dataset(dataset: Dataset, answer_format: AnswerFormat, limit: int | None = None) -> Dataset:
-    """GRPO rows asked with the answer format's prompt (the one the SFT policy was trained with).
-
-    TRL 1.16 takes one image per row from an ``image`` column (``grpo_trainer.py:2402``) and passes every other
-    column (``ground_truth`` here) to the rewards, so `chexreason.training.grpo_rows` fits as it is.
-    """
-    return grpo_rows(dataset, answer_format.prompt, limit)
-
-
 # ------------------------------------------------------------------------------------------- callbacks
 
 
@@ -408,7 +399,9 @@ def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], a
         model=policy,  # a PeftModel and no peft_config: TRL's reference is a frozen copy of the SFT adapter
         reward_funcs=trainer_rewards(rewards, completion_decoder(policy, processor), protocol),
         args=config,
-        train_dataset=grpo_dataset(built["rl"], answer_format, config.max_train_samples),
+        # TRL 1.16 takes one image per row from the `image` column (grpo_trainer.py:2402) and passes every other
+        # column (`ground_truth`) to the rewards; the prompt is the one the SFT policy was trained with.
+        train_dataset=grpo_rows(built["rl"], answer_format.prompt, config.max_train_samples),
         processing_class=processor,
         callbacks=callbacks,
     )
