@@ -1,60 +1,50 @@
-"""ChexReason demo app. Run: `python app.py` (or `make app`), then open http://127.0.0.1:7860.
+"""ChexReason demo: upload a chest X-ray and compare base, SFT and GRPO side by side.
 
-This first version shows the paper's reported results; the side-by-side base / SFT / GRPO comparison on
-an uploaded X-ray arrives with the bundled tiny checkpoints (see README, "Roadmap").
+    python app.py                                # the bundled tiny set on http://127.0.0.1:7860
+    python app.py --models path/to/set.yaml      # another model set (or CHEXREASON_MODELS=path/to/set.yaml)
+    python app.py --host 0.0.0.0 --port 8080
+
+On Hugging Face Spaces this file is the app_file; `demo` is built at import, models loaded once.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 # No analytics or telemetry requests leave the machine. (Offline mode is not forced: a user's model
 # sets may name Hub ids.)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import gradio as gr
-
-from chexreason.results import load_paper_tables, paper_source
-
-
-def paper_per_label_table(key: str) -> list[list]:
-    """Rows of the paper's Table 5 or 6: label, then one F1 per model, then the macro-F1 row."""
-    table = load_paper_tables()[key]
-    rows = [[label, *values] for label, values in sorted(table.per_label_f1.items())]
-    return [*rows, ["Macro-F1 (reported)", *table.macro_f1]]
+from chexreason.app import DEFAULT_MODELS, build_demo, launch_options  # noqa: E402
+from chexreason.modeling import ModelSetError  # noqa: E402
 
 
-def build_demo() -> gr.Blocks:
-    tables = load_paper_tables()
-    with gr.Blocks(title="ChexReason") as demo:
-        gr.Markdown(
-            "# ChexReason\n"
-            "R1-style (SFT → GRPO) chest X-ray labelling, after *Benchmark Success, Clinical Failure* "
-            "(arXiv 2512.23090).\n\n"
-            "**Coming next:** upload a chest X-ray (PNG, JPEG or DICOM) and compare the base, SFT and GRPO "
-            "checkpoints side by side. Until the tiny checkpoints are trained, this page shows the paper's "
-            "reported numbers only.\n\n"
-            "*Research demonstration — not for diagnosis.*"
-        )
-        for key in ("table5", "table6"):
-            table = tables[key]
-            gr.Markdown(f"### Paper, {table.title} — reported, not measured by us")
-            gr.Dataframe(
-                value=paper_per_label_table(key),
-                headers=["Label", *table.models],
-                interactive=False,
-            )
-        gr.Markdown(f"Source: {paper_source()}")
-    return demo
-
-
-demo = build_demo()
-
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models",
+        default=os.environ.get("CHEXREASON_MODELS", DEFAULT_MODELS),
+        help="model-set YAML file or bare name (default: $CHEXREASON_MODELS, else the bundled 'tiny')",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    demo.queue().launch(server_name=args.host, server_port=args.port)
+    return parser.parse_args(argv)
+
+
+def _build_or_exit(models: str):
+    try:
+        return build_demo(models)
+    except (ModelSetError, OSError, ValueError) as err:
+        sys.exit(f"app.py: cannot load model set {models!r}: {err}")
+
+
+# Run as a script, --models picks the set; imported (tests, Spaces' reloader), the environment does. Either
+# way the set is loaded once.
+ARGS = parse_args() if __name__ == "__main__" else parse_args([])
+demo = _build_or_exit(ARGS.models)
+
+if __name__ == "__main__":
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_options())

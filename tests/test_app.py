@@ -1,25 +1,215 @@
-"""The app starts and serves its page over HTTP."""
+"""The app over real HTTP, driven by gradio_client: examples, real X-rays, streaming, bad input, the layout."""
 
+from __future__ import annotations
+
+import io
+import json
 import socket
-import urllib.request
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
+from dicom_files import make_dicom
+from gradio_client import Client, handle_file
+from PIL import Image
 
-import app
+from chexreason.app import build_demo, launch_options
+from chexreason.app.examples import EXAMPLE_IDS, draw_examples, load_examples
+from chexreason.app.rendering import agreement_html, labels_html
+from chexreason.parsing import parse_completion
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CXR = REPO.parent / "shared" / "data" / "real-cxr"
+CHECKPOINTS = ("base", "sft", "grpo")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
-    yield f"http://127.0.0.1:{port}"
-    app.demo.close()
+    demo = build_demo("tiny")
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **launch_options())
+    yield Client(f"http://127.0.0.1:{port}", verbose=False, download_files=False)
+    demo.close()
 
 
-def test_page_is_served(served):
-    with urllib.request.urlopen(served + "/config", timeout=30) as response:
-        config = response.read().decode()
-    assert "ChexReason" in config
-    assert "Per-label F1, NIH ChestX-ray14" in config  # the paper table is rendered from chexreason.results
+def _compare(client: Client, path: Path) -> tuple[list, list]:
+    """Submit one comparison; returns every streamed update and the final outputs."""
+    job = client.submit(handle_file(str(path)), api_name="/compare")
+    updates = list(job)
+    return updates, job.result()
+
+
+def _check_three_answers(final: list) -> dict:
+    summary = final[-1]
+    assert list(summary["checkpoints"]) == list(CHECKPOINTS)
+    for i, name in enumerate(CHECKPOINTS):
+        text, chips = final[2 + 2 * i], final[3 + 2 * i]
+        assert text and text == summary["checkpoints"][name]["text"]
+        assert summary["checkpoints"][name]["parseable"], text  # the bundled checkpoints answer in their format
+        assert 'class="chips"' in chips
+    assert "<table" in final[-2]
+    return summary
+
+
+def test_example_is_marked_against_its_ground_truth(served, tmp_path):
+    example = load_examples()[0]
+    upload = tmp_path / "my-upload.png"  # another name: ground truth follows the bytes, not the file name
+    upload.write_bytes(example.path.read_bytes())
+    _, final = _compare(served, upload)
+    summary = _check_three_answers(final)
+    assert summary["ground_truth"] == list(example.truth) and summary["example"] == example.id
+    assert "<img" in final[0] and "Bundled example" in final[1]
+    assert any(kind in final[3 + 2 * 2] for kind in ('chip hit"', 'chip false-positive"', 'chip missed"'))
+
+
+def test_an_upload_that_is_not_an_example_has_no_ground_truth(served, tmp_path):
+    image = Image.open(load_examples()[0].path)
+    image.putpixel((0, 0), 255 - image.getpixel((0, 0)))  # one pixel changed: no longer the bundled file
+    image.save(tmp_path / "changed.png")
+    _, final = _compare(served, tmp_path / "changed.png")
+    assert _check_three_answers(final)["ground_truth"] is None
+    assert 'chip hit"' not in "".join(map(str, final))
+
+
+@pytest.mark.parametrize(
+    "name", ["00000001_000.png", "00027426_000.png", "siim_pa_monochrome1.dcm", "siim_pa_monochrome2.dcm"]
+)
+def test_real_chest_xrays(served, name):
+    if not REAL_CXR.is_dir():
+        pytest.skip(f"real X-rays not found at {REAL_CXR} (../shared is not checked out)")
+    _, final = _compare(served, REAL_CXR / name)
+    summary = _check_three_answers(final)
+    assert summary["image"]["format"] == ("DICOM" if name.endswith(".dcm") else "PNG")
+    assert "lateral" not in final[1]
+
+
+def test_answers_stream(served):
+    updates, final = _compare(served, load_examples()[3].path)
+    texts = [u[2 + 2 * 2] for u in updates if isinstance(u[2 + 2 * 2], str)]
+    partial = [t for t in texts if t and t != final[2 + 2 * 2]]
+    assert len(partial) >= 3, "the GRPO column should fill in over several updates"
+    assert all(final[2 + 2 * 2].startswith(t.rstrip()) for t in partial[-3:])  # prefixes of the final answer
+
+
+def test_lateral_dicom_is_warned_about(served, tmp_path):
+    ramp = np.tile(np.linspace(0, 4095, 256, dtype=np.uint16), (256, 1))
+    path = tmp_path / "lateral.dcm"
+    path.write_bytes(make_dicom(ramp, ViewPosition="LL"))
+    _, final = _compare(served, path)
+    assert "lateral (LL)" in final[1]
+    _check_three_answers(final)
+
+
+def _bad_inputs() -> dict[str, tuple[bytes, str]]:
+    png = load_examples()[0].path.read_bytes()
+    small = io.BytesIO()
+    Image.new("L", (8, 8)).save(small, format="PNG")
+    colour = make_dicom(np.zeros((64, 64, 3), np.uint8), "RGB", 8)
+    frames = make_dicom(np.zeros((2, 64, 64), np.uint16), NumberOfFrames=2)
+    return {
+        "empty.png": (b"", "empty"),
+        "notes.png": (b"these are my notes, not an image\n" * 10, "not a png, jpeg or dicom"),
+        "truncated.png": (png[: len(png) // 2], "truncated"),
+        "tiny.png": (small.getvalue(), "at least 32"),
+        "colour.dcm": (colour, "not greyscale"),
+        "frames.dcm": (frames, "frames"),
+    }
+
+
+def test_bad_inputs_get_a_readable_error_and_the_app_keeps_serving(served, tmp_path):
+    for name, (data, words) in _bad_inputs().items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(Exception) as caught:
+            served.predict(handle_file(str(path)), api_name="/compare")
+        message = str(caught.value)
+        assert words in message.lower(), f"{name}: {message}"
+        assert "Traceback" not in message
+    _check_three_answers(_compare(served, load_examples()[1].path)[1])
+
+
+def test_bad_settings_are_refused(served):
+    with pytest.raises(Exception, match="less than minimum"):
+        served.predict(handle_file(str(load_examples()[0].path)), max_new_tokens=0, api_name="/compare")
+    with pytest.raises(Exception, match="not in the list of choices"):
+        served.predict(handle_file(str(load_examples()[0].path)), prompt="nonsense", api_name="/compare")
+
+
+def test_uploads_are_deleted_after_the_request(served, tmp_path):
+    import gradio.utils
+
+    path = tmp_path / f"probe-{uuid.uuid4().hex}.png"
+    path.write_bytes(load_examples()[0].path.read_bytes())
+    _compare(served, path)
+    leftovers = list(Path(gradio.utils.get_upload_folder()).rglob(path.name))
+    assert not leftovers, f"upload kept at {leftovers}"
+
+
+def test_sampling_settings_reach_the_models(served):
+    final = served.predict(
+        handle_file(str(load_examples()[0].path)), "free_reasoning", True, 1.5, 1.0, 64, api_name="/compare"
+    )
+    assert all(final[2 + 2 * i] for i in range(3))
+
+
+def test_layout_follows_the_model_set(tiny_set):
+    """A two-checkpoint set gets two columns (built from the set, not hard-coded for base/SFT/GRPO)."""
+    spec = yaml.safe_load(tiny_set.read_text())
+    spec["checkpoints"] = spec["checkpoints"][:2]
+    two = tiny_set.parent / "two_checkpoints.yaml"  # beside the set, so its relative paths resolve
+    two.write_text(yaml.safe_dump(spec))
+    config = json.dumps(build_demo(two).get_config_file())
+    shown = [c["name"] for c in spec["checkpoints"]]
+    left_out = next(c for c in CHECKPOINTS if c not in shown)
+    assert all(f"column-{name}" in config for name in shown) and f"column-{left_out}" not in config
+
+
+def test_labels_and_agreement_rendering():
+    unparseable = parse_completion("I am not sure what this is.")
+    assert 'class="unparseable"' in labels_html(unparseable, truth=None)
+    sft = parse_completion("<think>x</think><solution>Edema, Cardiomegaly</solution>")
+    grpo = parse_completion("<think>x</think><solution>Edema</solution>")
+    chips = labels_html(grpo, truth=("Edema", "Pleural Effusion"))
+    assert 'chip hit" title="hit">Edema' in chips and 'chip missed" title="missed">Pleural Effusion' in chips
+    table = agreement_html({"sft": "SFT", "grpo": "GRPO"}, {"sft": sft, "grpo": grpo}, truth=None)
+    rows = table.split("<tr")
+    assert any('class="disagree"' in row and "Cardiomegaly" in row for row in rows)
+    assert not any('class="disagree"' in row and "Edema" in row for row in rows)
+    injected = parse_completion("<think>x</think><solution><script>alert(1)</script></solution>")
+    assert "<script>" not in labels_html(injected, truth=None)
+
+
+def test_bundled_examples_are_the_first_test_phantoms_redrawn():
+    for (_, png), example in zip(draw_examples(), load_examples(), strict=True):
+        bundled = np.asarray(Image.open(example.path))
+        assert np.array_equal(bundled, np.asarray(Image.open(io.BytesIO(png)))), example.id
+    results = json.loads((REPO / "checkpoints" / "tiny" / "eval.json").read_text())
+    firsts = []
+    for run in results["runs"]:
+        if run["checkpoint"] == "base":
+            firsts += [p["id"] for p in run["predictions"][:3]]
+    assert sorted(firsts) == sorted(EXAMPLE_IDS)
+    truths = {p["id"]: p["truth"] for run in results["runs"] for p in run["predictions"]}
+    assert all(sorted(truths[e.id]) == sorted(e.truth) for e in load_examples())
+
+
+def test_unloadable_model_set_is_a_message_not_a_traceback(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "app.py", "--models", str(tmp_path / "missing.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "cannot load model set" in run.stderr and "Traceback" not in run.stderr

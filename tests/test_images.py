@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
+from dicom_files import make_dicom as _dicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -88,29 +89,6 @@ def _noise(size: int = 256) -> Image.Image:
 
 def _first_half(data: bytes) -> bytes:
     return data[: len(data) // 2]
-
-
-def _dicom(
-    pixels: np.ndarray | None,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int = 12,
-    **elements: object,
-) -> bytes:
-    """An uncompressed DICOM file (Explicit VR Little Endian) holding `pixels`, or no image if None."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.SOPClassUID = pydicom.uid.DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    if pixels is None:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    else:
-        ds.set_pixel_data(pixels, photometric, bits_stored)
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _encapsulated_dicom(frame: bytes, syntax: str, rows: int, columns: int, bits_stored: int) -> bytes:

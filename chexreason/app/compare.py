@@ -1,0 +1,186 @@
+"""The Compare tab's work: read an upload, ask every checkpoint about it, stream the answers into their columns.
+
+`Comparer.run` is the ``compare`` endpoint. It is a generator: Gradio sends each yield to the page (and to
+`gradio_client` users) as it comes. Outputs, in order: preview, notice, then the reasoning text and the
+labels of each checkpoint, the agreement table, and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from chexreason.app import rendering
+from chexreason.app.examples import example_for
+from chexreason.images import ImageError, load_image_with_info
+from chexreason.modeling import DEFAULT_MAX_NEW_TOKENS, ModelSet
+from chexreason.parsing import parse_completion
+from chexreason.prompts import ALL_PROMPTS
+
+logger = logging.getLogger(__name__)
+
+OWN_PROMPT = "own"  # the prompt selector's value for "each checkpoint's own prompt"
+MAX_UPLOAD_BYTES = 100 * 2**20  # also the server's max_file_size; a chest film is rarely over 30 MB
+MAX_NEW_TOKENS_LIMIT = 1024
+GENERATING = '<div class="legend">generating…</div>'
+
+try:  # On a ZeroGPU Space, generation must run inside a function decorated with spaces.GPU; elsewhere a no-op.
+    import spaces
+
+    _gpu = spaces.GPU(duration=120)
+except ImportError:
+
+    def _gpu(function):
+        return function
+
+
+@_gpu
+def _stream(model_set: ModelSet, image: Any, **decoding: Any) -> Iterator[tuple[str, ...]]:
+    yield from model_set.stream(image, **decoding)
+
+
+def _upload_folder() -> Path:
+    return Path(gr.utils.get_upload_folder()).resolve()
+
+
+def _read_upload(path: str | None) -> bytes:
+    if not path:
+        raise gr.Error("Upload a chest X-ray first (PNG, JPEG or DICOM), or click one of the examples.")
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            raise gr.Error(f"The file is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+        return file.read_bytes()
+    except OSError as err:
+        raise gr.Error("The uploaded file could not be read; please upload it again.") from err
+
+
+def _forget_upload(path: str | None) -> None:
+    """Delete the request's upload now (Gradio's own cache clean-up runs on a timer), never a file of ours."""
+    if not path:
+        return
+    file = Path(path).resolve()
+    if file.is_relative_to(_upload_folder()):
+        file.unlink(missing_ok=True)
+
+
+class Comparer:
+    """Serves the ``compare`` endpoint for one loaded model set."""
+
+    def __init__(self, model_set: ModelSet) -> None:
+        self.model_set = model_set
+        self.names = model_set.checkpoints
+        self.titles = {name: model_set.spec.checkpoint(name).display_title for name in self.names}
+
+    @property
+    def default_prompt(self) -> str:
+        """The prompt the checkpoints were trained with when they share one, else each one's own."""
+        prompts = {self.model_set.spec.checkpoint(name).prompt for name in self.names}
+        return prompts.pop() if len(prompts) == 1 else OWN_PROMPT
+
+    def prompt_choices(self) -> list[tuple[str, str]]:
+        own = [(f"Each checkpoint's own prompt", OWN_PROMPT)] if self.default_prompt == OWN_PROMPT else []
+        return own + [(f"{variant.name} ({key})", key) for key, variant in ALL_PROMPTS.items()]
+
+    @property
+    def n_outputs(self) -> int:
+        return 2 + 2 * len(self.names) + 2
+
+    def run(
+        self,
+        upload: str | None,
+        prompt: str = OWN_PROMPT,
+        sampling: bool = False,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> Iterator[list[Any]]:
+        try:
+            data = _read_upload(upload)
+        finally:
+            _forget_upload(upload)
+        yield from self.compare_bytes(data, prompt, sampling, temperature, top_p, max_new_tokens)
+
+    def compare_bytes(
+        self,
+        data: bytes,
+        prompt: str = OWN_PROMPT,
+        sampling: bool = False,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> Iterator[list[Any]]:
+        """The comparison for one image file's bytes; see the module docstring for what each yield holds."""
+        decoding = self._decoding(prompt, sampling, temperature, top_p, max_new_tokens)
+        try:
+            image, info = load_image_with_info(data)
+        except ImageError as err:
+            raise gr.Error(str(err), title="This file cannot be read as a chest X-ray") from None
+        example = example_for(data)
+        truth = example.truth if example else None
+        unscored = example.unscored if example else ()
+        n = len(self.names)
+        preview = rendering.preview_html(image, info)
+        notice = rendering.notice_markdown(info, example.caption if example else None)
+        yield [
+            preview,
+            notice,
+            *(value for _ in range(n) for value in ("", GENERATING)),
+            "",
+            None,
+        ]
+        started = time.perf_counter()
+        texts: tuple[str, ...] = ("",) * n
+        try:
+            for texts in _stream(self.model_set, image.convert("RGB"), **decoding):
+                # Only the texts change while streaming: skip the rest rather than resend the preview each token.
+                yield [gr.skip(), gr.skip(), *(v for text in texts for v in (text, gr.skip())), gr.skip(), gr.skip()]
+        except Exception as err:  # never a traceback page: say what failed, keep serving
+            logger.exception("generation failed")
+            raise gr.Error(f"The models failed on this image ({type(err).__name__}). Please try again.") from None
+        logger.info("compared a %s image in %.2f s", info.format, time.perf_counter() - started)
+        parsed = {
+            name: parse_completion(text, self.model_set.prompt_for(name, decoding["prompt"]).protocol)
+            for name, text in zip(self.names, texts, strict=True)
+        }
+        summary = {
+            "checkpoints": {
+                name: {"text": text, "labels": list(p.labels), "parseable": p.parseable, "error": p.error}
+                for (name, p), text in zip(parsed.items(), texts, strict=True)
+            },
+            "ground_truth": list(truth) if truth is not None else None,
+            "example": example.id if example else None,
+            "image": asdict(info),
+        }
+        yield [  # the whole state once more, so the last yield alone (gradio_client's result) says everything
+            preview,
+            notice,
+            *(value for name, text in zip(self.names, texts, strict=True)
+              for value in (text, rendering.labels_html(parsed[name], truth, unscored))),
+            rendering.agreement_html(self.titles, parsed, truth),
+            summary,
+        ]  # fmt: skip
+
+    @staticmethod
+    def _decoding(prompt: str, sampling: bool, temperature: float, top_p: float, max_new_tokens: int) -> dict:
+        """Check the settings a `gradio_client` user may send unchecked by the page's widgets."""
+        if prompt not in ALL_PROMPTS and prompt not in (OWN_PROMPT, "", None):
+            raise gr.Error(f"Unknown prompt {prompt!r}; choose one of {', '.join(ALL_PROMPTS)} or {OWN_PROMPT!r}.")
+        if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
+            raise gr.Error(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}.")
+        if sampling and not (0 < temperature <= 2 and 0 < top_p <= 1):
+            raise gr.Error("Sampling needs 0 < temperature ≤ 2 and 0 < top-p ≤ 1.")
+        return {
+            "prompt": None if prompt in (OWN_PROMPT, "", None) else prompt,
+            "max_new_tokens": int(max_new_tokens),
+            "do_sample": bool(sampling),
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+        }

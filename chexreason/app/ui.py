@@ -1,0 +1,260 @@
+"""The app's page: `build_demo(models)` lays out one column per checkpoint of the model set, plus the Results,
+Training and About tabs. `launch_options()` holds what Gradio 6 takes at launch (theme, css, upload limit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from chexreason.app import plots, rendering
+from chexreason.app.compare import MAX_NEW_TOKENS_LIMIT, MAX_UPLOAD_BYTES, Comparer
+from chexreason.app.examples import SITE_NAMES, load_examples
+from chexreason.modeling import DEFAULT_MAX_NEW_TOKENS, ModelSet, is_hub_id, load_model_set, resolve_model_set_path
+from chexreason.results import ResultsError, load_paper_tables, load_results, paper_source
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODELS = "tiny"
+RESULTS_FILE, LOGS_DIR, MODEL_CARD = "eval.json", "logs", "README.md"
+PAPER_URL = "https://arxiv.org/abs/2512.23090"
+DISCLAIMER = (
+    "**Research demonstration — not for diagnosis.** The bundled tiny models were trained on synthetic phantoms "
+    "and say nothing about real patients."
+)
+# System fonts only: Gradio's default theme fetches Google Fonts, and nothing may leave the machine.
+THEME = gr.themes.Soft(
+    font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+)
+
+
+def launch_options() -> dict:
+    """Keyword arguments for `demo.launch` (Gradio 6 takes theme and css there, not in `gr.Blocks`)."""
+    return {"theme": THEME, "css": rendering.CSS, "max_file_size": MAX_UPLOAD_BYTES, "show_error": True}
+
+
+def build_demo(models: str | Path | ModelSet = DEFAULT_MODELS) -> gr.Blocks:
+    """The page for a model set: a bare name (``tiny``), a model-set YAML file, or an already loaded `ModelSet`."""
+    model_set = models if isinstance(models, ModelSet) else load_model_set(models)
+    folder = _set_folder(model_set, models)
+    comparer = Comparer(model_set)
+    # delete_cache: a backstop for files Gradio itself writes; the compare handler deletes its upload at once.
+    with gr.Blocks(title="ChexReason", delete_cache=(600, 1800), analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"# ChexReason — base vs SFT vs GRPO on a chest X-ray\n"
+            f"R1-style (SFT → GRPO) chest X-ray labelling after *Benchmark Success, Clinical Failure* "
+            f"([arXiv 2512.23090]({PAPER_URL})). Model set: **{model_set.spec.name}**. {DISCLAIMER}"
+        )
+        with gr.Tabs():
+            with gr.Tab("Compare", id="compare"):
+                _compare_tab(comparer)
+            with gr.Tab("Results", id="results"):
+                _results_tab(comparer, folder)
+            with gr.Tab("Training", id="training"):
+                _training_tab(folder)
+            with gr.Tab("About", id="about"):
+                _about_tab(model_set, folder)
+    demo.queue(default_concurrency_limit=1, max_size=16)  # one generation at a time; a burst waits or is refused
+    return demo
+
+
+def _set_folder(model_set: ModelSet, models: str | Path | ModelSet) -> Path | None:
+    """The folder of the model-set file: its results JSON, logs and model card live beside it."""
+    if model_set.spec.source is not None:
+        return Path(model_set.spec.source).parent
+    return None if isinstance(models, ModelSet) else resolve_model_set_path(models).parent
+
+
+# ------------------------------------------------------------------------------------------ Compare
+
+
+def _compare_tab(comparer: Comparer) -> None:
+    spec = comparer.model_set.spec
+    examples = load_examples()
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            upload = gr.File(label="Chest X-ray: PNG, JPEG or DICOM", elem_id="upload", type="filepath")
+            compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+            preview = gr.HTML(elem_id="preview")
+            notice = gr.Markdown(elem_id="notice")
+            with gr.Accordion("Prompt and decoding", open=False):
+                prompt = gr.Dropdown(
+                    comparer.prompt_choices(),
+                    value=comparer.default_prompt,
+                    label="Prompt variant (the paper's Table 1; default: the one the checkpoints were trained with)",
+                    elem_id="prompt",
+                )
+                sampling = gr.Checkbox(False, label="Sample (off: greedy, as in the evaluation)", elem_id="sampling")
+                temperature = gr.Slider(0.05, 2.0, 0.8, step=0.05, label="Temperature", elem_id="temperature")
+                top_p = gr.Slider(0.05, 1.0, 0.95, step=0.05, label="Top-p", elem_id="top-p")
+                max_new_tokens = gr.Slider(
+                    16, MAX_NEW_TOKENS_LIMIT, DEFAULT_MAX_NEW_TOKENS, step=16, label="Max new tokens",
+                    elem_id="max-new-tokens",
+                )  # fmt: skip
+        with gr.Column(scale=3):
+            columns = []
+            with gr.Row(equal_height=False):
+                for name in comparer.names:
+                    checkpoint = spec.checkpoint(name)
+                    with gr.Column(elem_id=f"column-{name}", min_width=220):
+                        gr.Markdown(f"### {checkpoint.display_title}\n{_describe(checkpoint)}")
+                        labels = gr.HTML(elem_id=f"labels-{name}")
+                        reasoning = gr.Textbox(
+                            label="Output (streamed)", lines=10, max_lines=24, interactive=False,
+                            elem_id=f"reasoning-{name}", autoscroll=False,
+                        )  # fmt: skip
+                        columns += [reasoning, labels]
+            gr.HTML(rendering.LEGEND)
+            agreement = gr.HTML(elem_id="agreement")
+            with gr.Accordion("Result as JSON", open=False):
+                result = gr.JSON(elem_id="result")
+    gallery = gr.Gallery(
+        [(str(e.path), f"{e.id.split('-')[1]}: {', '.join(e.truth) or 'no finding labelled'}") for e in examples],
+        label="Examples: held-out test phantoms, "
+        + "; ".join(SITE_NAMES.values())
+        + " — click one to compare; caption = ground truth",
+        columns=len(examples),
+        height="auto",
+        allow_preview=False,
+        elem_id="examples",
+    )
+    inputs = [upload, prompt, sampling, temperature, top_p, max_new_tokens]
+    outputs = [preview, notice, *columns, agreement, result]
+    compare_button.click(comparer.run, inputs, outputs, api_name="compare", concurrency_limit=1)
+    gallery.select(_pick_example, None, upload, api_name="example").then(
+        comparer.run, inputs, outputs, api_name="compare_example", concurrency_limit=1
+    )
+
+
+def _pick_example(event: gr.SelectData) -> str:
+    return str(load_examples()[event.index].path)
+
+
+def _describe(checkpoint) -> str:
+    def short(reference: str) -> str:
+        return reference if is_hub_id(reference) else Path(reference).name
+
+    adapter = f" + LoRA `{short(checkpoint.adapter)}`" if checkpoint.adapter else ""
+    return f"`{short(checkpoint.model)}`{adapter} · prompt `{checkpoint.prompt}`"
+
+
+# ------------------------------------------------------------------------------------------ Results
+
+
+def _results_tab(comparer: Comparer, folder: Path | None) -> None:
+    results_path = folder / RESULTS_FILE if folder else None
+    if results_path is None or not results_path.is_file():
+        gr.Markdown(
+            "No evaluation results beside this model set yet. Run "
+            f"`python -m train.evaluate --models {comparer.model_set.spec.source or '<set.yaml>'}` to write them."
+        )
+    else:
+        _our_results(comparer, results_path)
+    _paper_results()
+
+
+def _our_results(comparer: Comparer, path: Path) -> None:
+    try:
+        results = load_results(path)
+    except (ResultsError, OSError, json.JSONDecodeError) as err:
+        gr.Markdown(f"The results file `{path.name}` could not be read: {err}")
+        return
+    titles = {name: comparer.titles[name] for name in comparer.names}
+    config = results.runs[0].config if results.runs else {}
+    source = f"Source: {path.name} ({results.created}), `python -m train.evaluate`, {config.get('decoding', '')}"
+    gr.Markdown(
+        "## Our evaluation\nIn-distribution (the training data's site and labels) against cross-dataset (the "
+        "other site, scored on its own label set). Intervals: 95% bootstrap over images; differences are paired. "
+        f"{source}."
+    )
+    gr.Plot(plots.macro_f1_figure(results, titles, source), elem_id="plot-macro-f1", show_label=False)
+    gr.Dataframe(plots.metrics_rows(results, titles), headers=plots.METRICS_HEADERS, interactive=False,
+                 label="Micro / macro precision, recall, F1 and fail rate (unparseable outputs)")  # fmt: skip
+    if results.comparisons:
+        gr.Dataframe(plots.comparison_rows(results, titles), headers=plots.COMPARISON_HEADERS, interactive=False,
+                     label="Paired bootstrap differences of macro-F1")  # fmt: skip
+    gr.Plot(plots.per_label_figure(results, titles), elem_id="plot-per-label", show_label=False)
+
+
+def _paper_results() -> None:
+    tables = load_paper_tables()
+    gr.Markdown(f"## The paper's numbers — reported, not measured by us\nSource: {paper_source()}")
+    gr.Plot(plots.paper_figure([tables["table5"], tables["table6"]]), elem_id="plot-paper", show_label=False)
+    with gr.Accordion("The paper's Tables 1–4", open=False):
+        for key in ("table1", "table2", "table3", "table4"):
+            headers, rows = plots.paper_rows(tables[key])
+            gr.Dataframe(rows, headers=headers, interactive=False,
+                         label=f"Paper {key[:5].title()} {key[5:]}: {tables[key].title} ({tables[key].dataset})")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- Training
+
+
+def _training_tab(folder: Path | None) -> None:
+    logs = folder / LOGS_DIR if folder else None
+    if logs is None or not logs.is_dir():
+        gr.Markdown("This model set has no training logs beside it (a `logs/` folder with sft_log.json, grpo_log.json).")
+        return
+    gr.Markdown(f"Training logs from `{logs.name}/` beside the model set, as written by `python -m train.grpo`.")
+    sft, grpo = _read_log(logs / "sft_log.json"), _read_log(logs / "grpo_log.json")
+    if sft is not None:
+        gr.Plot(plots.sft_figure(sft), elem_id="plot-sft", show_label=False)
+    if grpo is not None:
+        with gr.Row():
+            gr.Plot(plots.grpo_reward_figure(grpo), elem_id="plot-grpo-reward", show_label=False)
+            gr.Plot(plots.grpo_kl_figure(grpo), elem_id="plot-grpo-kl", show_label=False)
+        gr.Plot(plots.grpo_length_figure(grpo), elem_id="plot-grpo-length", show_label=False)
+        best = grpo.get("best")
+        if best:
+            gr.Markdown(f"Best validation macro-F1 {best['macro_f1']:.3f} at step {best['step']}: the GRPO checkpoint.")
+
+
+def _read_log(path: Path):
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError) as err:
+        gr.Markdown(f"`{path.name}` could not be read: {err}")
+        return None
+
+
+# -------------------------------------------------------------------------------------------- About
+
+
+def _about_tab(model_set: ModelSet, folder: Path | None) -> None:
+    spec = model_set.spec
+    rows = "\n".join(
+        f"| {c.display_title} | `{c.model}` | {f'`{c.adapter}`' if c.adapter else '—'} | `{c.prompt}` |"
+        for c in spec.checkpoints
+    )
+    gr.Markdown(
+        f"""## About
+{DISCLAIMER}
+
+**Model set `{spec.name}`** — {spec.description or "no description"} (file: `{spec.source or "built in code"}`)
+
+| Checkpoint | Model | LoRA adapter | Prompt |
+|---|---|---|---|
+{rows}
+
+**How it was made.** The bundled set is regenerated from nothing by
+`python -m train.grpo --config train/recipes/tiny/grpo.yaml` (data → base → SFT → GRPO → evaluation, ~10 minutes
+on 2 CPU cores); the paper-scale recipes are in `train/recipes/medgemma-4b/`. Evaluate any set with
+`python -m train.evaluate --models <set.yaml>`.
+
+**The paper.** *Benchmark Success, Clinical Failure: When Reinforcement Learning Optimizes for Benchmarks, Not
+Patients* ([arXiv 2512.23090]({PAPER_URL})): SFT on 2,000 teacher reasoning traces, then GRPO on 1,000 samples;
+GRPO gains in-distribution (CheXpert) and loses cross-dataset (NIH).
+
+**Privacy.** Uploads are deleted as soon as they are read; the preview is sent back inline and not stored. DICOM
+metadata is neither shown nor logged, except the view position (to warn about lateral films). Nothing leaves
+this machine.
+"""
+    )
+    card = folder / MODEL_CARD if folder else None
+    if card is not None and card.is_file():
+        with gr.Accordion("Model card", open=False):
+            gr.Markdown(card.read_text())
