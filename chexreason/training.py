@@ -26,7 +26,9 @@ def load_model(model_args) -> tuple[torch.nn.Module, object]:
     )
     pixels = {}
     if model_args.min_pixels is not None:  # Qwen2.5-VL: 256-512 visual tokens, as the paper sets
-        pixels = {"min_pixels": model_args.min_pixels, "max_pixels": model_args.max_pixels}
+        # As the image processor's size: passed as min_pixels/max_pixels, transformers 5.23 re-sends them with
+        # every processor call, where they are deprecated (FutureWarning: "removed in v5.23").
+        pixels = {"size": {"shortest_edge": model_args.min_pixels, "longest_edge": model_args.max_pixels}}
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **kwargs, **pixels)
     return model, processor
 

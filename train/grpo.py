@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> Path:
         from train import sft
 
         sft.main(["--config", config.sft_recipe])
-    build_datasets(data)
+    with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse
+        build_datasets(data)
     try:
         run = build_grpo_run(model_args, config, load_built(data.output_dir), get_answer_format(data.answer_format))
     except FileNotFoundError as error:

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> Path:
         logger.info("SFT adapter already trained at %s", adapter)
         return adapter
 
-    build_datasets(data)
+    with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse
+        build_datasets(data)
     if not Path(model_args.model_name_or_path).exists() and config.base_recipe:
         from train import base
 
