@@ -18,8 +18,8 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from chexreason.app import DEFAULT_MODELS, build_demo, launch_options  # noqa: E402
-from chexreason.modeling import ModelSetError  # noqa: E402
+from chexreason.app import DEFAULT_MODELS, build_demo, launch_options
+from chexreason.modeling import ModelSetError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -168,7 +168,7 @@ def test_layout_follows_the_model_set(tiny_set):
     spec["checkpoints"] = spec["checkpoints"][:2]
     two = tiny_set.parent / "two_checkpoints.yaml"  # beside the set, so its relative paths resolve
     two.write_text(yaml.safe_dump(spec))
-    config = json.dumps(build_demo(two).get_config_file())
+    config = json.dumps(build_demo(two).get_config_file(), default=str)
     shown = [c["name"] for c in spec["checkpoints"]]
     left_out = next(c for c in CHECKPOINTS if c not in shown)
     assert all(f"column-{name}" in config for name in shown) and f"column-{left_out}" not in config

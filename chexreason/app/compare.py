@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ OWN_PROMPT = "own"  # the prompt selector's value for "each checkpoint's own pro
 MAX_UPLOAD_BYTES = 100 * 2**20  # also the server's max_file_size; a chest film is rarely over 30 MB
 MAX_NEW_TOKENS_LIMIT = 1024
 GENERATING = '<div class="legend">generating…</div>'
+STREAM_INTERVAL = 0.05  # seconds between streamed updates: 20 a second reads as live text
 
 try:  # On a ZeroGPU Space, generation must run inside a function decorated with spaces.GPU; elsewhere a no-op.
     import spaces
@@ -71,6 +72,29 @@ def _forget_upload(path: str | None) -> None:
         file.unlink(missing_ok=True)
 
 
+def _load(data: bytes):
+    try:
+        return load_image_with_info(data)
+    except ImageError as err:
+        raise gr.Error(str(err)) from None
+
+
+@dataclass(frozen=True)
+class HeldUpload:
+    """A session's last upload, kept in memory (Gradio session state, with a time to live) once its file is
+    deleted, so the same upload can be compared again with other settings."""
+
+    path: str
+    data: bytes
+
+
+def _upload_bytes(path: str | None, held: HeldUpload | None) -> bytes:
+    """The bytes of the upload at `path`: the session's held copy when it is that upload, else read from disk."""
+    if held is not None and path == held.path:
+        return held.data
+    return _read_upload(path)
+
+
 class Comparer:
     """Serves the ``compare`` endpoint for one loaded model set."""
 
@@ -86,12 +110,15 @@ class Comparer:
         return prompts.pop() if len(prompts) == 1 else OWN_PROMPT
 
     def prompt_choices(self) -> list[tuple[str, str]]:
-        own = [(f"Each checkpoint's own prompt", OWN_PROMPT)] if self.default_prompt == OWN_PROMPT else []
+        own = [("Each checkpoint's own prompt", OWN_PROMPT)] if self.default_prompt == OWN_PROMPT else []
         return own + [(f"{variant.name} ({key})", key) for key, variant in ALL_PROMPTS.items()]
 
-    @property
-    def n_outputs(self) -> int:
-        return 2 + 2 * len(self.names) + 2
+    def check(self, upload: str | None, *settings: Any) -> None:
+        """The page's first step: refuse a bad file or setting before `run`, so the error is one message
+        rather than an error badge on every output (the upload is kept for `run`, which deletes it)."""
+        *settings, held = settings
+        self._decoding(*settings)
+        _load(_upload_bytes(upload, held))
 
     def run(
         self,
@@ -101,12 +128,18 @@ class Comparer:
         temperature: float = 0.8,
         top_p: float = 0.95,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        held: HeldUpload | None = None,
     ) -> Iterator[list[Any]]:
+        """The ``compare`` endpoint: `compare_bytes` on the upload, whose file is deleted once read; the last
+        output is the session's `HeldUpload` (a `gr.State`, invisible to API users)."""
         try:
-            data = _read_upload(upload)
+            data = _upload_bytes(upload, held)
         finally:
             _forget_upload(upload)
-        yield from self.compare_bytes(data, prompt, sampling, temperature, top_p, max_new_tokens)
+        held = HeldUpload(upload, data) if upload else None
+        for outputs in self.compare_bytes(data, prompt, sampling, temperature, top_p, max_new_tokens):
+            yield [*outputs, held]
+            held = gr.skip()
 
     def compare_bytes(
         self,
@@ -119,10 +152,7 @@ class Comparer:
     ) -> Iterator[list[Any]]:
         """The comparison for one image file's bytes; see the module docstring for what each yield holds."""
         decoding = self._decoding(prompt, sampling, temperature, top_p, max_new_tokens)
-        try:
-            image, info = load_image_with_info(data)
-        except ImageError as err:
-            raise gr.Error(str(err), title="This file cannot be read as a chest X-ray") from None
+        image, info = _load(data)
         example = example_for(data)
         truth = example.truth if example else None
         unscored = example.unscored if example else ()
@@ -137,10 +167,16 @@ class Comparer:
             None,
         ]
         started = time.perf_counter()
+        sent = None  # when texts were last sent
         texts: tuple[str, ...] = ("",) * n
         try:
             for texts in _stream(self.model_set, image.convert("RGB"), **decoding):
-                # Only the texts change while streaming: skip the rest rather than resend the preview each token.
+                # Each update costs the server ~10 ms whatever its size: send the first text at once, then at most
+                # one update per STREAM_INTERVAL, and only the texts (not the preview again).
+                now = time.perf_counter()
+                if not any(texts) or (sent is not None and now - sent < STREAM_INTERVAL):
+                    continue
+                sent = now
                 yield [gr.skip(), gr.skip(), *(v for text in texts for v in (text, gr.skip())), gr.skip(), gr.skip()]
         except Exception as err:  # never a traceback page: say what failed, keep serving
             logger.exception("generation failed")

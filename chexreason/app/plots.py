@@ -49,12 +49,16 @@ def macro_f1_figure(results: EvalResults, titles: Mapping[str, str], source: str
             y=values,
             marker_color=COLOURS[i % len(COLOURS)],
             text=[f"{v:.3f}" if v is not None else "" for v in values],
-            textposition="outside",
+            # Inside the bar, clear of the interval's caps; outside only where the bar is too short to hold it.
+            textposition=["inside" if v is not None and v > 0.05 else "outside" for v in values],
+            insidetextanchor="middle",
             error_y={
                 "type": "data",
                 "symmetric": False,
                 "array": [ci["high"] - v if ci and v is not None else 0 for ci, v in zip(cis, values, strict=True)],
-                "arrayminus": [v - ci["low"] if ci and v is not None else 0 for ci, v in zip(cis, values, strict=True)],
+                "arrayminus": [
+                    v - ci["low"] if ci and v is not None else 0 for ci, v in zip(cis, values, strict=True)
+                ],
             },
         )
     n = {run.dataset: run.metrics["n"] for run in results.runs}
@@ -80,7 +84,7 @@ def _run_or_none(results: EvalResults, checkpoint: str, dataset: str):
 def per_label_figure(results: EvalResults, titles: Mapping[str, str]) -> go.Figure:
     """Per-label F1 as a heatmap: labels down, checkpoint × dataset across; blank where a set has no such label."""
     columns, z = [], []
-    for dataset, label_set in _datasets(results):
+    for dataset, _ in _datasets(results):
         for name, title in titles.items():
             run = _run_or_none(results, name, dataset)
             if run is None:
@@ -215,9 +219,10 @@ def grpo_reward_figure(log: Mapping) -> go.Figure:
     """GRPO reward and its parts per step, and validation macro-F1 (the paper's Figures 1–2)."""
     history = log.get("log_history", [])
     figure = _line_figure("GRPO: reward per step, validation macro-F1", "step", "value")
-    for key in ["reward", *sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")})]:
+    parts = sorted({k for e in history for k in e if k.startswith("rewards/") and k.endswith("/mean")})
+    for key in ["reward", *parts] if len(parts) > 1 else ["reward"]:  # a single part is the total: draw it once
         x, y = _series(history, key)
-        name = key.removeprefix("rewards/").removesuffix("/mean") if key != "reward" else "total reward"
+        name = key.removeprefix("rewards/").removesuffix("/mean").replace("_", " ") if key != "reward" else "reward"
         figure.add_scatter(name=name, mode="lines", x=x, y=y)
     x, y = _series(log.get("validation", []), "macro_f1")
     figure.add_scatter(name="validation macro-F1", mode="lines+markers", x=x, y=y)

@@ -72,7 +72,9 @@ def notice_markdown(info: ImageInfo, example_caption: str | None = None) -> str:
 def labels_html(parsed: ParsedCompletion, truth: Sequence[str] | None, unscored: Sequence[str] = ()) -> str:
     """One checkpoint's labels as chips, marked against the ground truth when it is known."""
     if not parsed.parseable:
-        return f'<div class="unparseable"><b>Unparseable output</b> — {escape(parsed.error or "no labels found")}</div>'
+        return (
+            f'<div class="unparseable"><b>Unparseable output</b> — {escape(parsed.error or "no labels found")}</div>'
+        )
     chips = []
     for label in parsed.labels:
         kind = "predicted" if truth is None else _kind(label, truth, unscored)
@@ -107,6 +109,8 @@ def agreement_html(
     named = set(truth or ())
     for result in parsed.values():
         named.update(result.labels)
+    if not any(result.parseable for result in parsed.values()):
+        return "<p>No checkpoint's output could be parsed.</p>"
     if not named:
         return "<p>No checkpoint predicted any label.</p>"
     head = "".join(f"<th>{escape(titles[name])}</th>" for name in parsed)

@@ -75,9 +75,20 @@ def _set_folder(model_set: ModelSet, models: str | Path | ModelSet) -> Path | No
 def _compare_tab(comparer: Comparer) -> None:
     spec = comparer.model_set.spec
     examples = load_examples()
+    gallery = gr.Gallery(
+        [(str(e.path), f"{e.id.split('-')[1]}: {', '.join(e.truth) or 'no finding labelled'}") for e in examples],
+        label="Try an example: held-out test phantoms of "
+        + " and ".join(SITE_NAMES.values())
+        + ". Click one to compare; the caption is its ground truth.",
+        columns=len(examples),
+        height=210,
+        allow_preview=False,
+        object_fit="contain",
+        elem_id="examples",
+    )
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            upload = gr.File(label="Chest X-ray: PNG, JPEG or DICOM", elem_id="upload", type="filepath")
+            upload = gr.File(label="PNG, JPEG or DICOM", elem_id="upload", type="filepath")
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             preview = gr.HTML(elem_id="preview")
             notice = gr.Markdown(elem_id="notice")
@@ -102,29 +113,23 @@ def _compare_tab(comparer: Comparer) -> None:
                     checkpoint = spec.checkpoint(name)
                     with gr.Column(elem_id=f"column-{name}", min_width=220):
                         gr.Markdown(f"### {checkpoint.display_title}\n{_describe(checkpoint)}")
-                        labels = gr.HTML(elem_id=f"labels-{name}")
                         reasoning = gr.Textbox(
-                            label="Output (streamed)", lines=10, max_lines=24, interactive=False,
+                            label="Output (streamed)", lines=12, max_lines=12, interactive=False,
                             elem_id=f"reasoning-{name}", autoscroll=False,
                         )  # fmt: skip
+                        labels = gr.HTML(elem_id=f"labels-{name}")
                         columns += [reasoning, labels]
             gr.HTML(rendering.LEGEND)
             agreement = gr.HTML(elem_id="agreement")
             with gr.Accordion("Result as JSON", open=False):
                 result = gr.JSON(elem_id="result")
-    gallery = gr.Gallery(
-        [(str(e.path), f"{e.id.split('-')[1]}: {', '.join(e.truth) or 'no finding labelled'}") for e in examples],
-        label="Examples: held-out test phantoms, "
-        + "; ".join(SITE_NAMES.values())
-        + " — click one to compare; caption = ground truth",
-        columns=len(examples),
-        height="auto",
-        allow_preview=False,
-        elem_id="examples",
+    held = gr.State(time_to_live=900)  # the session's last upload, so it can be compared again (HeldUpload)
+    inputs = [upload, prompt, sampling, temperature, top_p, max_new_tokens, held]
+    outputs = [preview, notice, *columns, agreement, result, held]
+    # The page checks the file first (a bad one is a single message); API users' calls to /compare check it too.
+    compare_button.click(comparer.check, inputs, None, api_name="check", show_progress="hidden").success(
+        comparer.run, inputs, outputs, api_name="compare", concurrency_limit=1
     )
-    inputs = [upload, prompt, sampling, temperature, top_p, max_new_tokens]
-    outputs = [preview, notice, *columns, agreement, result]
-    compare_button.click(comparer.run, inputs, outputs, api_name="compare", concurrency_limit=1)
     gallery.select(_pick_example, None, upload, api_name="example").then(
         comparer.run, inputs, outputs, api_name="compare_example", concurrency_limit=1
     )
@@ -186,9 +191,10 @@ def _paper_results() -> None:
     gr.Plot(plots.paper_figure([tables["table5"], tables["table6"]]), elem_id="plot-paper", show_label=False)
     with gr.Accordion("The paper's Tables 1–4", open=False):
         for key in ("table1", "table2", "table3", "table4"):
-            headers, rows = plots.paper_rows(tables[key])
-            gr.Dataframe(rows, headers=headers, interactive=False,
-                         label=f"Paper {key[:5].title()} {key[5:]}: {tables[key].title} ({tables[key].dataset})")  # fmt: skip
+            table = tables[key]
+            headers, rows = plots.paper_rows(table)
+            label = f"Paper Table {key.removeprefix('table')}: {table.title} ({table.dataset})"
+            gr.Dataframe(rows, headers=headers, interactive=False, label=label)
 
 
 # ----------------------------------------------------------------------------------------- Training
@@ -197,7 +203,9 @@ def _paper_results() -> None:
 def _training_tab(folder: Path | None) -> None:
     logs = folder / LOGS_DIR if folder else None
     if logs is None or not logs.is_dir():
-        gr.Markdown("This model set has no training logs beside it (a `logs/` folder with sft_log.json, grpo_log.json).")
+        gr.Markdown(
+            "This model set has no training logs beside it (a `logs/` folder with sft_log.json, grpo_log.json)."
+        )
         return
     gr.Markdown(f"Training logs from `{logs.name}/` beside the model set, as written by `python -m train.grpo`.")
     sft, grpo = _read_log(logs / "sft_log.json"), _read_log(logs / "grpo_log.json")
@@ -210,7 +218,9 @@ def _training_tab(folder: Path | None) -> None:
         gr.Plot(plots.grpo_length_figure(grpo), elem_id="plot-grpo-length", show_label=False)
         best = grpo.get("best")
         if best:
-            gr.Markdown(f"Best validation macro-F1 {best['macro_f1']:.3f} at step {best['step']}: the GRPO checkpoint.")
+            gr.Markdown(
+                f"Best validation macro-F1 {best['macro_f1']:.3f} at step {best['step']}: the GRPO checkpoint."
+            )
 
 
 def _read_log(path: Path):
@@ -224,17 +234,27 @@ def _read_log(path: Path):
 # -------------------------------------------------------------------------------------------- About
 
 
+def _shown_path(reference: str | Path) -> str:
+    """A Hub id as it is; a local path relative to the working directory when it is inside it."""
+    if isinstance(reference, str) and is_hub_id(reference):
+        return reference
+    path = Path(reference).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _about_tab(model_set: ModelSet, folder: Path | None) -> None:
     spec = model_set.spec
     rows = "\n".join(
-        f"| {c.display_title} | `{c.model}` | {f'`{c.adapter}`' if c.adapter else '—'} | `{c.prompt}` |"
+        f"| {c.display_title} | `{_shown_path(c.model)}` | {f'`{_shown_path(c.adapter)}`' if c.adapter else '—'} "
+        f"| `{c.prompt}` |"
         for c in spec.checkpoints
     )
+    source = _shown_path(spec.source) if spec.source else "built in code"
     gr.Markdown(
         f"""## About
 {DISCLAIMER}
 
-**Model set `{spec.name}`** — {spec.description or "no description"} (file: `{spec.source or "built in code"}`)
+**Model set `{spec.name}`** — {spec.description or "no description"} (file: `{source}`)
 
 | Checkpoint | Model | LoRA adapter | Prompt |
 |---|---|---|---|
