@@ -2,7 +2,8 @@
 
 `Comparer.run` is the ``compare`` endpoint. It is a generator: Gradio sends each yield to the page (and to
 `gradio_client` users) as it comes. Outputs, in order: preview, notice, then the reasoning text and the
-labels of each checkpoint, the agreement table, and a JSON summary.
+labels of each checkpoint, the agreement table, a JSON summary, and the session's `HeldUpload` (a `gr.State`,
+which API users do not see).
 """
 
 from __future__ import annotations
