@@ -23,7 +23,7 @@ def evaluate(
     model_set: ModelSet,
     datasets: Mapping[str, Dataset],
     data_fingerprint: str = "",
-    batch_size: int = 16,
+    batch_size: int = 64,
     max_new_tokens: int = 256,
     n_resamples: int = 2000,
     seed: int = 0,

