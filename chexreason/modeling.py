@@ -92,7 +92,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # also a valid PEFT adapter name (no dots)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_SET_KEYS = {"name", "description", "checkpoints"}
+_SET_KEYS = {"name", "description", "checkpoints", "min_pixels", "max_pixels"}
 _CHECKPOINT_KEYS = {"name", "title", "model", "revision", "adapter", "adapter_revision", "prompt"}
 
 
@@ -147,6 +147,8 @@ class ModelSetSpec:
     checkpoints: tuple[CheckpointSpec, ...]
     description: str = ""
     source: Path | None = None
+    min_pixels: int | None = None  # Qwen2.5-VL: the image pixel bounds its checkpoints were trained with
+    max_pixels: int | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -229,7 +231,28 @@ def _spec_from_mapping(data: Any, path: Path, check_paths: bool) -> ModelSetSpec
     description = data.get("description") or ""
     if not isinstance(name, str) or not isinstance(description, str):
         raise ModelSetError(f"{where}: 'name' and 'description' must be strings")
-    return ModelSetSpec(name=name, checkpoints=checkpoints, description=description, source=path.resolve())
+    bounds = (data.get("min_pixels"), data.get("max_pixels"))
+    if bounds != (None, None) and not (
+        all(isinstance(b, int) and b > 0 for b in bounds) and bounds[0] <= bounds[1]  # type: ignore[operator]
+    ):
+        raise ModelSetError(f"{where}: min_pixels and max_pixels go together, as positive integers with min <= max")
+    return ModelSetSpec(name, checkpoints, description, path.resolve(), *bounds)
+
+
+def pixel_bounds(min_pixels: int | None, max_pixels: int | None) -> dict:
+    """`AutoProcessor.from_pretrained` keywords that bound Qwen2.5-VL's image size (and so its visual tokens).
+
+    Given as the image processor's ``size``: passed as min_pixels/max_pixels, transformers 5.23 re-sends them with
+    every processor call, where they are deprecated.
+
+    >>> pixel_bounds(256 * 28 * 28, 512 * 28 * 28)
+    {'size': {'shortest_edge': 200704, 'longest_edge': 401408}}
+    >>> pixel_bounds(None, None)
+    {}
+    """
+    if min_pixels is None:
+        return {}
+    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
 
 def _checkpoint_from_mapping(entry: Any, index: int, base_dir: Path, where: str, check_paths: bool) -> CheckpointSpec:
@@ -562,7 +585,9 @@ def _check_mixable(folder: str, checkpoint: CheckpointSpec) -> None:
         )
 
 
-def _load_base(checkpoints: Sequence[CheckpointSpec], device: torch.device, dtype: torch.dtype) -> LoadedBase:
+def _load_base(
+    checkpoints: Sequence[CheckpointSpec], device: torch.device, dtype: torch.dtype, pixels: dict
+) -> LoadedBase:
     """Load one base model once, with every adapter its checkpoints name, and its processor."""
     first = checkpoints[0]
     if is_hub_id(first.model) and first.revision is None:
@@ -570,7 +595,7 @@ def _load_base(checkpoints: Sequence[CheckpointSpec], device: torch.device, dtyp
     common = {"revision": first.revision, "trust_remote_code": False}
     logger.info("loading %s (%s) for %s", first.model, dtype, ", ".join(c.name for c in checkpoints))
     model = AutoModelForImageTextToText.from_pretrained(first.model, dtype=dtype, use_safetensors=True, **common)
-    processor = AutoProcessor.from_pretrained(first.model, **common)
+    processor = AutoProcessor.from_pretrained(first.model, **common, **pixels)
     processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     adapter_names: dict[str, str] = {}
     loaded: dict[tuple[str, str | None], str] = {}
@@ -621,7 +646,8 @@ def load_model_set(
     references = [model for model, _ in by_base]
     for model in sorted({m for m in references if references.count(m) > 1}):
         logger.warning("%s is named with different revisions, so it is loaded more than once", model)
-    bases = [_load_base(checkpoints, device, dtype) for checkpoints in by_base.values()]
+    pixels = pixel_bounds(spec.min_pixels, spec.max_pixels)
+    bases = [_load_base(checkpoints, device, dtype, pixels) for checkpoints in by_base.values()]
     return ModelSet(spec, bases, device)
 
 

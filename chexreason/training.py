@@ -11,6 +11,7 @@ from peft import LoraConfig
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.trainer_utils import get_last_checkpoint
 
+from chexreason.modeling import pixel_bounds
 from chexreason.prompts import AnswerFormat, PromptVariant
 
 logger = logging.getLogger(__name__)
@@ -24,11 +25,8 @@ def load_model(model_args) -> tuple[torch.nn.Module, object]:
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path, dtype=_DTYPES[model_args.dtype], use_safetensors=True, **kwargs
     )
-    pixels = {}
-    if model_args.min_pixels is not None:  # Qwen2.5-VL: 256-512 visual tokens, as the paper sets
-        # As the image processor's size: passed as min_pixels/max_pixels, transformers 5.23 re-sends them with
-        # every processor call, where they are deprecated (FutureWarning: "removed in v5.23").
-        pixels = {"size": {"shortest_edge": model_args.min_pixels, "longest_edge": model_args.max_pixels}}
+    # Qwen2.5-VL: 256-512 visual tokens, as the paper sets (None for MedGemma, whose processor fixes 256).
+    pixels = pixel_bounds(model_args.min_pixels, model_args.max_pixels)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **kwargs, **pixels)
     return model, processor
 

@@ -101,6 +101,9 @@ BAD_SPECS = [
     (_one(model="./empty"), "has no config.json"),
     # a model reference that is not a string
     (_one(model="[1, 2]"), "'model' must be a non-empty string"),
+    # Qwen pixel bounds: both or neither, ordered
+    ("min_pixels: 200704\n" + TWO, "min_pixels and max_pixels go together"),
+    ("min_pixels: 401408\nmax_pixels: 200704\n" + TWO, "min <= max"),
 ]
 
 

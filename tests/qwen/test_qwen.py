@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from train.configs import LM_PROJECTIONS, ModelArguments
@@ -31,8 +32,6 @@ def _image_tokens(processor, image) -> int:
 
 @pytest.mark.filterwarnings("error:Passing `min_pixels`:FutureWarning")  # the bounds reach Qwen as its size
 def test_the_recipe_pixel_bounds_set_qwens_visual_tokens(tiny_qwen):
-    import yaml
-
     from chexreason.training import load_model
 
     recipe = yaml.safe_load(Path(RECIPE).read_text())
@@ -114,13 +113,16 @@ def test_a_model_set_serves_base_and_adapters_of_a_qwen_in_one_batch(tiny_qwen, 
                 parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
     noisy.save_pretrained(tmp_path / "noise")
     path = tmp_path / "model_set.yaml"
+    recipe = yaml.safe_load(Path(RECIPE).read_text())
     path.write_text(
-        "name: tiny-qwen\ncheckpoints:\n"
+        f"name: tiny-qwen\nmin_pixels: {recipe['min_pixels']}\nmax_pixels: {recipe['max_pixels']}\ncheckpoints:\n"
         f"  - {{name: base, model: {tiny_qwen}}}\n"
         f"  - {{name: sft, model: {tiny_qwen}, adapter: {qwen_sft[1]}}}\n"
         f"  - {{name: noise, model: {tiny_qwen}, adapter: {tmp_path / 'noise'}}}\n"
     )
     models = load_model_set(path)
+    large = _phantoms(1, 1024)[0]  # the set's bounds reach its processor, as in training
+    assert MIN_TOKENS <= _image_tokens(models.processor_of("sft"), large) <= MAX_TOKENS
     counts = models.parameter_counts()
     assert counts["base"].base == counts["sft"].base == counts["noise"].base  # one copy of the base for all three
     assert models.loaded_parameters() == counts["base"].base + counts["sft"].adapter + counts["noise"].adapter
