@@ -29,15 +29,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("CHEXREASON_MODELS", DEFAULT_MODELS),
         help="model-set YAML file or bare name (default: $CHEXREASON_MODELS, else the bundled 'tiny')",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
-    parser.add_argument("--port", type=int, default=7860)
+    # Gradio's own variables first: a Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0 to be reachable.
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to bind (default: $GRADIO_SERVER_NAME, else localhost only)",
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return parser.parse_args(argv)
 
 
 def _build_or_exit(models: str):
     try:
         return build_demo(models)
-    except (ModelSetError, OSError, ValueError) as err:
+    except (ModelSetError, OSError, ValueError, KeyError) as err:
         sys.exit(f"app.py: cannot load model set {models!r}: {err}")
 
 

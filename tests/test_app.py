@@ -149,10 +149,20 @@ def test_uploads_are_deleted_after_the_request(served, tmp_path):
     import gradio.utils
 
     path = tmp_path / f"probe-{uuid.uuid4().hex}.png"
-    path.write_bytes(load_examples()[0].path.read_bytes())
+    Image.new("L", (64, 64), 90).save(path)  # not a bundled example (those are kept: the gallery shares them)
     _compare(served, path)
     leftovers = list(Path(gradio.utils.get_upload_folder()).rglob(path.name))
     assert not leftovers, f"upload kept at {leftovers}"
+
+
+def test_rejected_uploads_are_deleted_at_once(served, tmp_path):
+    import gradio.utils
+
+    path = tmp_path / f"rejected-{uuid.uuid4().hex}.png"
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(Exception, match="not a PNG"):
+        served.predict(handle_file(str(path)), api_name="/check")  # the page's first step
+    assert not list(Path(gradio.utils.get_upload_folder()).rglob(path.name))
 
 
 def test_sampling_settings_reach_the_models(served):

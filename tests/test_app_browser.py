@@ -127,6 +127,15 @@ def upload(page: Page, path: Path) -> None:
     expect(page.locator("#upload td.filename")).to_have_attribute("aria-label", path.name, timeout=15_000)
 
 
+def wait_for_thumbnails(page: Page) -> None:
+    """Every example thumbnail is drawn, not a broken or blank image."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#examples button.thumbnail-item img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)",
+        timeout=15_000,
+    )
+
+
 def wait_for_answers(page: Page) -> None:
     """All columns show their final state (chips, "no label predicted" or unparseable) and the agreement table."""
     for name in CHECKPOINTS:
@@ -177,11 +186,7 @@ def test_example_and_every_tab(visit, shots):
         expect(page.locator(f"#column-{name}")).to_be_visible()
     expect(page.locator("#examples button.thumbnail-item")).to_have_count(6)
     expect(page.locator("#examples")).to_contain_text("Fracture")  # captions give each example's ground truth
-    page.wait_for_function(  # every thumbnail is drawn, not a broken or blank image
-        "() => [...document.querySelectorAll('#examples button.thumbnail-item img')]"
-        ".every(img => img.complete && img.naturalWidth > 0)",
-        timeout=15_000,
-    )
+    wait_for_thumbnails(page)
 
     # An example from the gallery: compared at once, chips marked against its ground truth.
     page.locator("#examples button.thumbnail-item").first.click()
@@ -195,6 +200,10 @@ def test_example_and_every_tab(visit, shots):
             expect(labels.locator(MARKED).first).to_be_visible()
             assert labels.locator(".chip.predicted").count() == 0
     shoot(page, shots, "2-compare-example")
+    # Gradio caches one copy of a file per content, shared by the gallery and the upload: comparing an example
+    # must not delete it, or every later visitor gets a broken thumbnail.
+    page.reload()
+    wait_for_thumbnails(page)
 
     plots = {
         "Results": ("plot-macro-f1", "plot-per-label", "plot-paper"),

@@ -2,7 +2,7 @@
 
 `Comparer.run` is the ``compare`` endpoint. It is a generator: Gradio sends each yield to the page (and to
 `gradio_client` users) as it comes. Outputs, in order: preview, notice, then the reasoning text and the
-labels of each checkpoint, the agreement table, a JSON summary, and the session's `HeldUpload` (a `gr.State`,
+labels of each checkpoint, the agreement table, a JSON summary, and the session's `LoadedUpload` (a `gr.State`,
 which API users do not see).
 """
 
@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from chexreason.app import rendering
-from chexreason.app.examples import example_for
-from chexreason.images import ImageError, load_image_with_info
+from chexreason.app.examples import Example, example_for
+from chexreason.images import ImageError, ImageInfo, load_image_with_info
 from chexreason.modeling import DEFAULT_MAX_NEW_TOKENS, ModelSet
 from chexreason.parsing import parse_completion
 from chexreason.prompts import ALL_PROMPTS
@@ -81,19 +82,31 @@ def _load(data: bytes):
 
 
 @dataclass(frozen=True)
-class HeldUpload:
-    """A session's last upload, kept in memory (Gradio session state, with a time to live) once its file is
-    deleted, so the same upload can be compared again with other settings."""
+class LoadedUpload:
+    """An upload as the models see it: the decoded 8-bit image (none of the file's metadata), facts about it, and
+    the bundled example it is, if any. A session keeps its last one in memory (a `gr.State` with a time to live)
+    once the file is deleted, so the same upload can be compared again with other settings."""
 
-    path: str
-    data: bytes
+    path: str | None
+    image: Image.Image
+    info: ImageInfo
+    example: Example | None
 
 
-def _upload_bytes(path: str | None, held: HeldUpload | None) -> bytes:
-    """The bytes of the upload at `path`: the session's held copy when it is that upload, else read from disk."""
+def load_upload(path: str | None, held: LoadedUpload | None = None) -> LoadedUpload:
+    """The upload at `path`: the session's held copy when it is that upload, else read and decoded from disk.
+
+    A file that cannot be used is deleted at once and reported as a `gr.Error`.
+    """
     if held is not None and path == held.path:
-        return held.data
-    return _read_upload(path)
+        return held
+    try:
+        data = _read_upload(path)
+        image, info = _load(data)
+    except gr.Error:
+        _forget_upload(path)
+        raise
+    return LoadedUpload(path, image, info, example_for(data))
 
 
 class Comparer:
@@ -116,10 +129,10 @@ class Comparer:
 
     def check(self, upload: str | None, *settings: Any) -> None:
         """The page's first step: refuse a bad file or setting before `run`, so the error is one message
-        rather than an error badge on every output (the upload is kept for `run`, which deletes it)."""
+        rather than an error badge on every output (a good upload is kept for `run`, which deletes it)."""
         *settings, held = settings
         self._decoding(*settings)
-        _load(_upload_bytes(upload, held))
+        load_upload(upload, held)
 
     def run(
         self,
@@ -129,32 +142,31 @@ class Comparer:
         temperature: float = 0.8,
         top_p: float = 0.95,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        held: HeldUpload | None = None,
+        held: LoadedUpload | None = None,
     ) -> Iterator[list[Any]]:
-        """The ``compare`` endpoint: `compare_bytes` on the upload, whose file is deleted once read; the last
-        output is the session's `HeldUpload` (a `gr.State`, invisible to API users)."""
-        try:
-            data = _upload_bytes(upload, held)
-        finally:
+        """The ``compare`` endpoint: `compare` on the upload, whose file is deleted once read (not a bundled
+        example's: Gradio's cache holds one copy per content, shared with the gallery); the last output is the
+        session's `LoadedUpload` (a `gr.State`, invisible to API users)."""
+        loaded = load_upload(upload, held)
+        if loaded.example is None:
             _forget_upload(upload)
-        held = HeldUpload(upload, data) if upload else None
-        for outputs in self.compare_bytes(data, prompt, sampling, temperature, top_p, max_new_tokens):
-            yield [*outputs, held]
-            held = gr.skip()
+        outputs_held: Any = loaded
+        for outputs in self.compare(loaded, prompt, sampling, temperature, top_p, max_new_tokens):
+            yield [*outputs, outputs_held]
+            outputs_held = gr.skip()
 
-    def compare_bytes(
+    def compare(
         self,
-        data: bytes,
+        loaded: LoadedUpload,
         prompt: str = OWN_PROMPT,
         sampling: bool = False,
         temperature: float = 0.8,
         top_p: float = 0.95,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     ) -> Iterator[list[Any]]:
-        """The comparison for one image file's bytes; see the module docstring for what each yield holds."""
+        """The comparison for one loaded image; see the module docstring for what each yield holds."""
         decoding = self._decoding(prompt, sampling, temperature, top_p, max_new_tokens)
-        image, info = _load(data)
-        example = example_for(data)
+        image, info, example = loaded.image, loaded.info, loaded.example
         truth = example.truth if example else None
         unscored = example.unscored if example else ()
         n = len(self.names)

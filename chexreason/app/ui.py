@@ -22,8 +22,8 @@ DEFAULT_MODELS = "tiny"
 RESULTS_FILE, LOGS_DIR, MODEL_CARD = "eval.json", "logs", "README.md"
 PAPER_URL = "https://arxiv.org/abs/2512.23090"
 DISCLAIMER = (
-    "**Research demonstration — not for diagnosis.** The bundled tiny models were trained on synthetic phantoms "
-    "and say nothing about real patients."
+    "**Research demonstration — not for diagnosis.** (The bundled tiny set was trained on synthetic phantoms and "
+    "says nothing about real patients.)"
 )
 # System fonts only: Gradio's default theme fetches Google Fonts, and nothing may leave the machine.
 THEME = gr.themes.Soft(
@@ -45,7 +45,7 @@ def build_demo(models: str | Path | ModelSet = DEFAULT_MODELS) -> gr.Blocks:
     # delete_cache: a backstop for files Gradio itself writes; the compare handler deletes its upload at once.
     with gr.Blocks(title="ChexReason", delete_cache=(600, 1800), analytics_enabled=False) as demo:
         gr.Markdown(
-            f"# ChexReason — base vs SFT vs GRPO on a chest X-ray\n"
+            f"# ChexReason — {' vs '.join(comparer.titles.values())} on a chest X-ray\n"
             f"R1-style (SFT → GRPO) chest X-ray labelling after *Benchmark Success, Clinical Failure* "
             f"([arXiv 2512.23090]({PAPER_URL})). Model set: **{model_set.spec.name}**. {DISCLAIMER}"
         )
@@ -123,15 +123,17 @@ def _compare_tab(comparer: Comparer) -> None:
             agreement = gr.HTML(elem_id="agreement")
             with gr.Accordion("Result as JSON", open=False):
                 result = gr.JSON(elem_id="result")
-    held = gr.State(time_to_live=900)  # the session's last upload, so it can be compared again (HeldUpload)
+    held = gr.State(time_to_live=900)  # the session's last upload, decoded, to compare again (LoadedUpload)
     inputs = [upload, prompt, sampling, temperature, top_p, max_new_tokens, held]
     outputs = [preview, notice, *columns, agreement, result, held]
     # The page checks the file first (a bad one is a single message); API users' calls to /compare check it too.
+    # Both generating events share one slot: one generation at a time, and the queue's positions say so.
+    generate = {"concurrency_limit": 1, "concurrency_id": "generate"}
     compare_button.click(comparer.check, inputs, None, api_name="check", show_progress="hidden").success(
-        comparer.run, inputs, outputs, api_name="compare", concurrency_limit=1
+        comparer.run, inputs, outputs, api_name="compare", **generate
     )
     gallery.select(_pick_example, None, upload, api_name="example").then(
-        comparer.run, inputs, outputs, api_name="compare_example", concurrency_limit=1
+        comparer.run, inputs, outputs, api_name="compare_example", **generate
     )
 
 
@@ -269,9 +271,10 @@ on 2 CPU cores); the paper-scale recipes are in `train/recipes/medgemma-4b/`. Ev
 Patients* ([arXiv 2512.23090]({PAPER_URL})): SFT on 2,000 teacher reasoning traces, then GRPO on 1,000 samples;
 GRPO gains in-distribution (CheXpert) and loses cross-dataset (NIH).
 
-**Privacy.** Uploads are deleted as soon as they are read; the preview is sent back inline and not stored. DICOM
-metadata is neither shown nor logged, except the view position (to warn about lateral films). Nothing leaves
-this machine.
+**Privacy.** Uploaded files are deleted as soon as they are read (a file that cannot be used, at once); the
+preview is sent back inline and not stored. Your session keeps only the decoded greyscale image in memory, for
+15 minutes, so you can compare it again with other settings. DICOM metadata is neither kept, shown nor logged,
+except the view position (to warn about lateral films). Nothing leaves this machine.
 """
     )
     card = folder / MODEL_CARD if folder else None
