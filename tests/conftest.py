@@ -80,3 +80,19 @@ def data_recipe(tmp_path_factory) -> Path:
         + "image_size: 96\nworkers: 1\n"
     )
     return recipe
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The app on the bundled tiny set, served over HTTP on a free local port once per session."""
+    import socket
+
+    from chexreason.app import build_demo, launch_options
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_demo("tiny")
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **launch_options())
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,7 +16,7 @@ from dicom_files import make_dicom
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from chexreason.app import build_demo, launch_options
+from chexreason.app import build_demo
 from chexreason.app.examples import EXAMPLE_IDS, draw_examples, load_examples
 from chexreason.app.rendering import agreement_html, labels_html
 from chexreason.parsing import parse_completion
@@ -27,19 +26,9 @@ REAL_CXR = REPO.parent / "shared" / "data" / "real-cxr"
 CHECKPOINTS = ("base", "sft", "grpo")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served():
-    demo = build_demo("tiny")
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **launch_options())
-    yield Client(f"http://127.0.0.1:{port}", verbose=False, download_files=False)
-    demo.close()
+def served(app_url):
+    return Client(app_url, verbose=False, download_files=False)
 
 
 def _compare(client: Client, path: Path) -> tuple[list, list]:

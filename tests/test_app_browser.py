@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -45,23 +44,6 @@ EXAMPLE_PNG = Path(__file__).resolve().parents[1] / "chexreason" / "app" / "exam
 SCREENSHOTS = Path("/tmp/chexreason_screenshots")
 ANSWER_TIMEOUT_MS = 30_000  # a comparison takes about a second; slack for a busy 2-core machine
 MARKED = ".chip.hit, .chip.false-positive, .chip.missed, .chip.unscored"  # chips marked against ground truth
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served():
-    from chexreason.app import build_demo, launch_options
-
-    demo = build_demo(models="tiny")
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **launch_options())
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +87,8 @@ def _local(url: str) -> bool:
 
 
 @pytest.fixture
-def visit(browser, served):
-    visit = Visit(browser, served)
+def visit(browser, app_url):
+    visit = Visit(browser, app_url)
     yield visit
     visit.context.close()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from sft_masking import trained_text
 
 from chexreason.tiny_model import TAGS, TinySpec
 
@@ -80,26 +81,9 @@ def test_sft_leaves_the_base_weights_untouched(tiny, sft_run):
 
 
 def test_assistant_only_loss_covers_exactly_the_answer(tiny, data_recipe):
-    from trl import SFTConfig, SFTTrainer
-
-    from chexreason.data.build import build_datasets, load_built
-    from chexreason.prompts import get_answer_format
-    from chexreason.training import load_model, sft_rows
-    from train.configs import ModelArguments, read_data_config
-
-    data = read_data_config(str(data_recipe))
-    build_datasets(data)
-    row = load_built(data.output_dir)["sft_train"][0]
-    model, processor = load_model(ModelArguments(model_name_or_path=str(tiny)))
-    args = SFTConfig(
-        output_dir="/tmp/unused", assistant_only_loss=True, report_to="none", use_cpu=True, max_length=None
-    )
-    dataset = sft_rows(load_built(data.output_dir)["sft_train"], get_answer_format("free_reasoning"), limit=1)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
-    batch = next(iter(trainer.get_train_dataloader()))
-    labelled = batch["input_ids"][0][batch["labels"][0] != -100]
+    trained, answer = trained_text(tiny, data_recipe)
     # The answer and the turn's end marker are trained; the prompt, the image tokens and padding are not.
-    assert processor.tokenizer.decode(labelled) == row["answer"] + "<end_of_turn>\n"
+    assert trained == answer + "<end_of_turn>\n"
 
 
 def test_sft_resumes_from_its_last_checkpoint(tiny, data_recipe, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from sft_masking import trained_text
 
 from train.configs import LM_PROJECTIONS, ModelArguments
 
@@ -77,25 +78,8 @@ def test_sft_with_the_qwen_recipe_trains_lora_on_the_language_model_only(qwen_sf
 
 
 def test_assistant_only_loss_covers_exactly_the_answer_with_qwens_template(tiny_qwen, data_recipe):
-    from trl import SFTConfig, SFTTrainer
-
-    from chexreason.data.build import build_datasets, load_built
-    from chexreason.prompts import get_answer_format
-    from chexreason.training import load_model, sft_rows
-    from train.configs import read_data_config
-
-    data = read_data_config(str(data_recipe))
-    build_datasets(data)
-    row = load_built(data.output_dir)["sft_train"][0]
-    model, processor = load_model(ModelArguments(model_name_or_path=str(tiny_qwen), dtype="float32"))
-    args = SFTConfig(
-        output_dir="/tmp/unused", assistant_only_loss=True, report_to="none", use_cpu=True, max_length=None
-    )
-    dataset = sft_rows(load_built(data.output_dir)["sft_train"], get_answer_format("free_reasoning"), limit=1)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
-    batch = next(iter(trainer.get_train_dataloader()))
-    labelled = batch["input_ids"][0][batch["labels"][0] != -100]
-    assert processor.tokenizer.decode(labelled) == row["answer"] + "<|im_end|>\n"
+    trained, answer = trained_text(tiny_qwen, data_recipe, dtype="float32")
+    assert trained == answer + "<|im_end|>\n"
 
 
 def test_a_model_set_serves_base_and_adapters_of_a_qwen_in_one_batch(tiny_qwen, qwen_sft, tmp_path):
