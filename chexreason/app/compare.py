@@ -127,12 +127,13 @@ class Comparer:
         own = [("Each checkpoint's own prompt", OWN_PROMPT)] if self.default_prompt == OWN_PROMPT else []
         return own + [(f"{variant.name} ({key})", key) for key, variant in ALL_PROMPTS.items()]
 
-    def check(self, upload: str | None, *settings: Any) -> None:
+    def check(self, upload: str | None, *settings: Any) -> LoadedUpload:
         """The page's first step: refuse a bad file or setting before `run`, so the error is one message
-        rather than an error badge on every output (a good upload is kept for `run`, which deletes it)."""
+        rather than an error badge on every output. A good upload goes to the session's state, so `run` does
+        not decode it again (its file is kept for `run`, which deletes it)."""
         *settings, held = settings
         self._decoding(*settings)
-        load_upload(upload, held)
+        return load_upload(upload, held)
 
     def run(
         self,

@@ -129,7 +129,7 @@ def _compare_tab(comparer: Comparer) -> None:
     # The page checks the file first (a bad one is a single message); API users' calls to /compare check it too.
     # Both generating events share one slot: one generation at a time, and the queue's positions say so.
     generate = {"concurrency_limit": 1, "concurrency_id": "generate"}
-    compare_button.click(comparer.check, inputs, None, api_name="check", show_progress="hidden").success(
+    compare_button.click(comparer.check, inputs, held, api_name="check", show_progress="hidden").success(
         comparer.run, inputs, outputs, api_name="compare", **generate
     )
     gallery.select(_pick_example, None, upload, api_name="example").then(
