@@ -1,2 +1,9 @@
-"""Training entry points (`python -m train.data|sft|grpo|evaluate`). They arrive with the data and
-training issues; the shared logic lives in `chexreason`."""
+"""Training entry points: `python -m train.data|base|sft|grpo|evaluate`; the shared logic lives in `chexreason`.
+
+TRL's trainers send usage telemetry to the Hugging Face Hub when they start. These commands turn that off
+(unless HF_HUB_DISABLE_TELEMETRY is already set): a training run reaches the network only when asked to.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # read when huggingface_hub is first imported: set it first

@@ -18,6 +18,7 @@ from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTTrainer
 
+from chexreason.fused_head import score_labelled_positions_only
 from chexreason.pretrain import base_corpus, caption_conversations, format_conversations, warm_up_vision
 from chexreason.prompts import get_answer_format
 from chexreason.tiny_model import TinySpec, build_tiny
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    score_labelled_positions_only()  # CPU: the loss head skips prompt and padding positions, as on GPUs
     config, data = parse_stage("train.base", (BaseStageConfig,), argv)
     out = Path(config.output_dir)
     final = out / "model"

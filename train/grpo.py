@@ -25,8 +25,8 @@ Departures of the tiny recipe (``train/recipes/tiny/grpo.yaml``), for CPU time o
 - dropout off during GRPO (the paper does not say);
 - the best checkpoint chosen on 64 of the 200 validation images, every 50 of the 250 steps.
 
-Measured on 2 CPU cores: 50 steps (800 completions, one validation, one checkpoint) in 58 s, so the full run
-takes about 5 minutes. Every run logs how its GRPO values differ from the paper's.
+Measured on 2 idle CPU cores: the 250 steps (4,000 completions, 5 validations) took 3 min 39 s within
+``python -m benchmarks.tiny_recipe``. Every run logs how its GRPO values differ from the paper's.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from chexreason.data.build import build_datasets, load_built
 from chexreason.export import export_model_set, write_model_card
+from chexreason.fused_head import score_labelled_positions_only
 from chexreason.grpo import ADAPTER_CONFIG, BEST_ADAPTER, build_grpo_run
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
@@ -48,6 +49,7 @@ COMMAND = "python -m train.grpo --config train/recipes/tiny/grpo.yaml"  # what t
 
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    score_labelled_positions_only()  # CPU: the loss head skips prompt and padding positions, as on GPUs
     model_args, config, data = parse_stage("train.grpo", (ModelArguments, GRPOStageConfig), argv)
     out = Path(config.output_dir)
     adapter = out / "adapter"
