@@ -1,14 +1,16 @@
 """The whole tiny recipe from nothing, timed stage by stage (target: at most 10 minutes on 2 cores).
 
-    python -m benchmarks.tiny_recipe              # ~10 min on 2 idle cores; run it on an idle machine
+    python -m benchmarks.tiny_recipe              # ~9 min on 2 idle cores; run it on an idle machine
+    python -m benchmarks.tiny_recipe --seed 1     # the same with another training seed (the data stay the same)
     python -m benchmarks.tiny_recipe --smoke      # a few samples per stage (~1-2 min): checks the mechanics only
     python -m benchmarks.tiny_recipe --dry-run    # write the recipes and print what would run
 
 Runs ``python -m train.grpo`` on the tiny recipes relocated into a temporary folder (`train.tiny_recipes`), so
 nothing in outputs/ or checkpoints/tiny is read or overwritten. Each stage ends when it writes its last file
 (the vision warm-up: when it logs its summary); a stage's time runs from the previous stage's end, Python's
-start-up included in the first. Prints a table and the machine. With other jobs on the cores, torch's intra-op
-threads slow every stage down many times over: check the load average it prints.
+start-up included in the first. Prints a table, the machine and the run's results (its model card's tables).
+With other jobs on the cores, torch's intra-op threads slow every stage down many times over: check the load
+average it prints.
 """
 
 from __future__ import annotations
@@ -102,13 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few samples per stage: checks the mechanics only")
     parser.add_argument("--dry-run", action="store_true", help="write the recipes, print the command, run nothing")
     parser.add_argument("--echo", action="store_true", help="print the run's log as it goes")
+    parser.add_argument("--seed", type=int, help="training seed of base, SFT and GRPO (default: the recipes' 0)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="tiny-recipe-") as scratch:
         folder = Path(args.workdir or scratch).resolve()
         if folder.exists() and any(folder.iterdir()) and args.workdir:
             sys.exit(f"benchmarks.tiny_recipe: {folder} is not empty; the recipe must start from nothing")
-        recipe = recipes_in(folder, SMOKE if args.smoke else None)
+        overrides = {stage: dict(values) for stage, values in (SMOKE if args.smoke else {}).items()}
+        if args.seed is not None:  # model init, shuffling and sampling of the training stages; the data stay fixed
+            for stage in ("base", "sft", "grpo"):
+                overrides.setdefault(stage, {})["seed"] = args.seed
+        recipe = recipes_in(folder, overrides)
         print(machine())
         print(f"running: python -m train.grpo --config {recipe}" + (" (smoke: not the recipe's timing)" * args.smoke))
         if args.dry_run:
@@ -123,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
             cells = ("n/a", "") if seconds is None else (f"{seconds:.0f} s", f"{100 * seconds / total:.0f}%")
             print(f"| {name} | {cells[0]} | {cells[1]} |")
         print(f"| **total** | **{int(total // 60)} min {total % 60:.0f} s** | 100% |")
+        card = (folder / "tiny" / "README.md").read_text().splitlines()  # the run's results: its model card's tables
+        rows = [i for i, line in enumerate(card) if line.startswith("|")]
+        print("\n" + "\n".join(card[rows[0] : rows[-1] + 1]))
         if args.workdir:
             print(f"outputs and run.log kept in {folder}")
 

@@ -1,6 +1,6 @@
 """Build the SFT, RL and evaluation datasets of a recipe.
 
-    python -m train.data --config train/recipes/tiny/data.yaml          # phantom benchmark, ~45 s on 2 CPU cores
+    python -m train.data --config train/recipes/tiny/data.yaml          # phantom benchmark, ~30 s on 2 CPU cores
     python -m train.data --config train/recipes/paper/data.yaml \\
         --mimic_root /data/mimic-cxr-jpg/2.1.0 --chexpert_test_csv /data/chexpert/test_labels.csv \\
         --chexpert_root /data/chexpert --nih_csv /data/nih/Data_Entry_2017_v2020.csv \\

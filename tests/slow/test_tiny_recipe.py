@@ -1,6 +1,6 @@
 """The whole tiny recipe from nothing, as a user runs it: data → base → SFT → GRPO → export → evaluation.
 
-Slow (about 10 minutes on 2 cores): run by CI and `make test-slow`, not by `make test`. Checks the issue's
+Slow (about 9 minutes on 2 cores): run by CI and `make test-slow`, not by `make test`. Checks the issue's
 pass criteria on what the run measured, not fixed numbers.
 """
 
@@ -9,7 +9,7 @@ import pytest
 from chexreason.results import load_results
 from train.tiny_recipes import recipes_in
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~10 min on 2 idle cores; room for a busy one
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~9 min on 2 idle cores; room for a busy one
 
 
 def test_tiny_recipe_from_nothing(tmp_path, monkeypatch):
