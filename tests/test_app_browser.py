@@ -127,6 +127,26 @@ def wait_for_answers(page: Page) -> None:
     expect(page.locator("#agreement").locator("table.agreement, p").first).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
 
 
+def set_slider(page: Page, elem_id: str, value: int) -> None:
+    """Type `value` into a slider's number box, as a person does, until the slider shows it.
+
+    A value typed while the just-opened accordion is still mounting its contents can be lost (seen here about
+    one run in five, the slider keeping its default); clicking Compare then would send the old value.
+    """
+    number = page.locator(f"#{elem_id} input[data-testid=number-input]")
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    for _ in range(5):
+        number.fill(str(value))
+        number.press("Enter")
+        number.blur()
+        try:
+            expect(slider).to_have_value(str(value), timeout=1000)
+            return
+        except AssertionError:
+            continue
+    expect(slider).to_have_value(str(value))  # fails with the slider's value in the message
+
+
 def check_agreement(page: Page, with_truth: bool) -> None:
     """The agreement table has one column per checkpoint (and ground truth when known); disagreeing rows marked."""
     table = page.locator("#agreement table.agreement")
@@ -248,9 +268,7 @@ def test_compare_again_with_other_settings(visit, shots):
 
     # 16 new tokens cut every answer before its <solution>: all three columns must show the unparseable state.
     page.get_by_text("Prompt and decoding").click()
-    tokens = page.locator("#max-new-tokens input[data-testid=number-input]")
-    tokens.fill("16")
-    tokens.press("Enter")
+    set_slider(page, "max-new-tokens", 16)
     page.locator("#compare-button").click()
     error = page.locator("[data-testid=toast-body].error")
     expect(page.locator(f"#labels-{CHECKPOINTS[-1]} .unparseable").or_(error).first).to_be_visible(
