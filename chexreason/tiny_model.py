@@ -116,6 +116,19 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, image_tokens: int) -> Gemma3Processor:
+    """A `Gemma3Processor` (Gemma's chat template) resizing images to `image_size` px, `image_tokens` per image."""
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+    )
+    return Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=gemma3_chat_template,
+        image_seq_length=image_tokens,
+    )
+
+
 def build_tiny(output_dir: str | Path, spec: TinySpec | None = None, seed: int = 0) -> Path:
     """Build and save a random-initialised tiny Gemma3 VLM with its processor; returns `output_dir`."""
     spec = spec or TinySpec()
@@ -157,17 +170,7 @@ def build_tiny(output_dir: str | Path, spec: TinySpec | None = None, seed: int =
     model = Gemma3ForConditionalGeneration(config)
     model.generation_config.pad_token_id = ids[PAD]
     model.generation_config.eos_token_id = [ids[EOS], tokenizer.convert_tokens_to_ids(END_OF_TURN)]
-    image_processor = Gemma3ImageProcessorPil(
-        size={"height": spec.image_size, "width": spec.image_size},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    processor = Gemma3Processor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        chat_template=gemma3_chat_template,
-        image_seq_length=spec.image_tokens,
-    )
+    processor = build_processor(tokenizer, spec.image_size, spec.image_tokens)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     n_params = sum(p.numel() for p in model.parameters())

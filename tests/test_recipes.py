@@ -66,6 +66,7 @@ def test_every_recipe_is_tested():
     tested = {RECIPES / name for name, *_ in SFT_CASES + GRPO_CASES}
     tested |= {RECIPES / "accelerate" / name for name, *_ in ACCELERATE_CASES}
     tested |= {RECIPES / "medgemma-4b" / f"data_{fmt}.yaml" for fmt in FORMATS}
+    tested |= {RECIPES / "medgemma-4b" / "architecture.yaml"}  # tests/test_paper_architecture.py
     found = {p for d in ("medgemma-4b", "qwen2.5-vl-3b", "accelerate") for p in (RECIPES / d).glob("*.yaml")}
     assert found == tested
 

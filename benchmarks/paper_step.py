@@ -1,0 +1,191 @@
+"""The paper recipe's SFT and GRPO step time and peak GPU memory on a random-initialised full-size MedGemma-4B.
+
+    python -m benchmarks.paper_step              # on one GPU: a few SFT, then GRPO optimizer steps (~5-10 min)
+    python -m benchmarks.paper_step --smoke      # on a CPU: the same code on a shrunk architecture (~1 min)
+
+No weights are needed or downloaded. The model is MedGemma-4B's published architecture
+(`train/recipes/medgemma-4b/architecture.yaml`: Gemma 3 4B text with its 262,208-token vocabulary, SigLIP-400M
+vision at 896 px, 256 image tokens; 4.30 B parameters), random-initialised in bf16. Its tokenizer is the tiny
+recipe's (offline; the special-token ids are mapped onto it): it decides how the phantom prompts and answers are
+split into tokens, not what a token costs. The training is the repository's own commands with the paper recipes
+unchanged — `python -m train.sft` with `sft_free_reasoning.yaml` (LoRA r 16, bf16, gradient checkpointing,
+effective batch 1 x 8) and `python -m train.grpo` with `grpo_hard.yaml` (4 completions of up to 1,024 tokens,
+16 per optimizer step, the SFT adapter as KL reference) — on phantoms drawn at 896 px, stopped after
+``--steps`` optimizer steps. A random model seldom samples an end-of-turn token, so its GRPO completions run to
+the full 1,024 tokens: the GRPO time is an upper bound. Prints seconds per optimizer step and peak GPU memory
+(``torch.cuda.max_memory_allocated``), with the card, against the paper's one A100 (40 or 80 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForImageTextToText, Gemma3Config
+
+from chexreason.tiny_model import (
+    BOI,
+    BOS,
+    END_OF_TURN,
+    EOI,
+    EOS,
+    IMAGE,
+    PAD,
+    TinySpec,
+    build_processor,
+    build_tokenizer,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "train" / "recipes" / "medgemma-4b"
+# --smoke: the same code on a CPU, with the architecture shrunk (the vocabulary and the 256 image tokens kept).
+SHRUNK = {
+    "text_config": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 2, "head_dim": 64},
+    "vision_config": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "image_size": 224},
+}
+
+
+def architecture(smoke: bool) -> dict:
+    """MedGemma-4B's architecture from the recipe folder; shrunk (same structure) for --smoke."""
+    config = yaml.safe_load((RECIPES / "architecture.yaml").read_text())
+    if smoke:
+        config = copy.deepcopy(config)
+        for part, values in SHRUNK.items():
+            config[part].update(values)
+    return config
+
+
+def build_random_model(folder: Path, config: dict, device: str, dtype: torch.dtype) -> Path:
+    """Save a random-initialised Gemma3 VLM of `config` with the tiny recipe's tokenizer and a processor."""
+    tokenizer = build_tokenizer(TinySpec().vocab_size)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (BOI, EOI, IMAGE, PAD, EOS, BOS)}
+    text = {**config["text_config"], "pad_token_id": ids[PAD], "eos_token_id": ids[EOS], "bos_token_id": ids[BOS]}
+    gemma = Gemma3Config(
+        text_config=text,
+        vision_config=config["vision_config"],
+        mm_tokens_per_image=config["mm_tokens_per_image"],
+        boi_token_index=ids[BOI],
+        eoi_token_index=ids[EOI],
+        image_token_index=ids[IMAGE],
+    )
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise where it will train: 4.3 B random weights in seconds, not minutes
+        model = AutoModelForImageTextToText.from_config(gemma, dtype=dtype)
+    model.generation_config.pad_token_id = ids[PAD]
+    model.generation_config.eos_token_id = [ids[EOS], tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+    model.save_pretrained(folder)
+    processor = build_processor(tokenizer, config["vision_config"]["image_size"], config["mm_tokens_per_image"])
+    processor.save_pretrained(folder)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"random model: {n / 1e9:.2f} B parameters, {dtype}, saved to {folder}", flush=True)
+    del model
+    return folder
+
+
+def data_recipe(folder: Path, image_size: int) -> Path:
+    """A small phantom data recipe (the tiny recipe's, Free Reasoning answers) drawn at `image_size` px."""
+    recipe = yaml.safe_load((REPO / "train" / "recipes" / "tiny" / "data.yaml").read_text())
+    recipe.update(output_dir=str(folder / "data"), sft_samples=80, rl_samples=32, test_samples_per_site=4)
+    recipe["image_size"] = image_size
+    path = folder / "data.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def peak_memory_gb() -> float:
+    """Peak GPU memory allocated since the last reset, or this process's peak RSS on a CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_stage(main, argv: list[str], log: Path, steps: int) -> dict:
+    """Run one training command in this process; its seconds per optimizer step and peak memory."""
+    free_memory()
+    start = time.perf_counter()
+    main(argv)
+    wall = time.perf_counter() - start
+    history = json.loads(log.read_text())
+    history = history["log_history"] if isinstance(history, dict) else history
+    runtime = next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
+    step_times = [entry["step_time"] for entry in history if "step_time" in entry]  # GRPO logs its own
+    return {
+        "steps": steps,
+        "seconds_per_step": runtime / steps,
+        "median_step_time": statistics.median(step_times) if step_times else None,
+        "peak_memory_gb": peak_memory_gb(),
+        "wall_seconds": wall,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per stage (default 3)")
+    parser.add_argument("--smoke", action="store_true", help="CPU, shrunk architecture: checks the mechanics only")
+    parser.add_argument("--workdir", help="keep the model, data and logs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    gpu = torch.cuda.is_available() and not args.smoke
+    if not gpu and not args.smoke:
+        sys.exit("benchmarks.paper_step: needs a CUDA GPU (--smoke runs the same code shrunk on a CPU)")
+
+    from train import grpo, sft
+
+    config = architecture(args.smoke)
+    device = "CPU (smoke: shrunk architecture, not the paper's scale)"
+    if gpu:
+        device = f"{torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
+    with tempfile.TemporaryDirectory(prefix="paper-step-") as scratch:
+        work = Path(args.workdir or scratch).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        dtype = torch.bfloat16 if gpu else torch.float32
+        model = build_random_model(work / "model", config, "cuda" if gpu else "cpu", dtype)
+        data = data_recipe(work, config["vision_config"]["image_size"])
+        common = ["--model_name_or_path", str(model), "--data_config", str(data), "--max_steps", str(args.steps)]
+        common += ["--logging_steps", "1", "--report_to", "none"]
+        if not gpu:
+            common += ["--dtype", "float32", "--bf16", "false", "--use_cpu", "true"]
+        never = str(10**6)  # SFT's early stopping needs an eval/save strategy; neither comes within --steps
+        sft_args = ["--config", str(RECIPES / "sft_free_reasoning.yaml"), "--output_dir", str(work / "sft")]
+        sft_args += ["--eval_strategy", "steps", "--save_strategy", "steps", "--eval_steps", never]
+        sft_args += ["--save_steps", never, "--max_eval_samples", "2", *common]  # the final evaluation: 2 images
+        grpo_args = ["--config", str(RECIPES / "grpo_hard.yaml"), "--output_dir", str(work / "grpo")]
+        grpo_args += ["--sft_adapter", str(work / "sft" / "adapter"), "--sft_recipe", "", "--export_dir", ""]
+        grpo_args += ["--validation_samples", "0", "--save_strategy", "no", *common]
+        if not gpu:
+            grpo_args += ["--max_completion_length", "16"]
+        results = {
+            "SFT (sft_free_reasoning.yaml)": run_stage(sft.main, sft_args, work / "sft" / "sft_log.json", args.steps),
+            "GRPO (grpo_hard.yaml)": run_stage(grpo.main, grpo_args, work / "grpo" / "grpo_log.json", args.steps),
+        }
+
+    print(f"\ndevice: {device}; torch {torch.__version__}; paper: one A100 (40 or 80 GB)")
+    print("| stage | optimizer steps | s / optimizer step | GRPO's logged step time (median) | peak memory |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    memory = "GPU memory" if gpu else "process RSS"
+    for name, r in results.items():
+        median = "" if r["median_step_time"] is None else f"{r['median_step_time']:.1f} s"
+        print(
+            f"| {name} | {r['steps']} | {r['seconds_per_step']:.1f} s | {median} | "
+            f"{r['peak_memory_gb']:.1f} GiB {memory} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
