@@ -1,6 +1,6 @@
 """The paper recipe's SFT and GRPO step time and peak GPU memory on a random-initialised full-size MedGemma-4B.
 
-    python -m benchmarks.paper_step              # on one GPU: a few SFT, then GRPO optimizer steps (~5-10 min)
+    python -m benchmarks.paper_step              # on one GPU: 3 SFT, then 3 GRPO optimizer steps (not yet run)
     python -m benchmarks.paper_step --smoke      # on a CPU: the same code on a shrunk architecture (~1 min)
 
 No weights are needed or downloaded. The model is MedGemma-4B's published architecture
@@ -26,7 +26,6 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -103,7 +102,7 @@ def data_recipe(folder: Path, image_size: int) -> Path:
 
 
 def peak_memory_gb() -> float:
-    """Peak GPU memory allocated since the last reset, or this process's peak RSS on a CPU."""
+    """Peak GPU memory allocated since the last reset, or on a CPU this process's peak RSS so far (all stages)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -119,9 +118,7 @@ def free_memory() -> None:
 def run_stage(main, argv: list[str], log: Path, steps: int) -> dict:
     """Run one training command in this process; its seconds per optimizer step and peak memory."""
     free_memory()
-    start = time.perf_counter()
     main(argv)
-    wall = time.perf_counter() - start
     history = json.loads(log.read_text())
     history = history["log_history"] if isinstance(history, dict) else history
     runtime = next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
@@ -131,7 +128,6 @@ def run_stage(main, argv: list[str], log: Path, steps: int) -> dict:
         "seconds_per_step": runtime / steps,
         "median_step_time": statistics.median(step_times) if step_times else None,
         "peak_memory_gb": peak_memory_gb(),
-        "wall_seconds": wall,
     }
 
 
