@@ -19,7 +19,6 @@ the full 1,024 tokens: the GRPO time is an upper bound. Prints seconds per optim
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import resource
@@ -30,20 +29,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForImageTextToText, Gemma3Config
 
-from chexreason.tiny_model import (
-    BOI,
-    BOS,
-    END_OF_TURN,
-    EOI,
-    EOS,
-    IMAGE,
-    PAD,
-    TinySpec,
-    build_processor,
-    build_tokenizer,
-)
+from chexreason.tiny_model import TinySpec, build_tokenizer, save_random_gemma3
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "train" / "recipes" / "medgemma-4b"
@@ -57,45 +44,25 @@ SHRUNK = {
 def architecture(smoke: bool) -> dict:
     """MedGemma-4B's architecture from the recipe folder; shrunk (same structure) for --smoke."""
     config = yaml.safe_load((RECIPES / "architecture.yaml").read_text())
-    if smoke:
-        config = copy.deepcopy(config)
-        for part, values in SHRUNK.items():
-            config[part].update(values)
+    for part, values in SHRUNK.items() if smoke else ():
+        config[part].update(values)
     return config
 
 
 def build_random_model(folder: Path, config: dict, device: str, dtype: torch.dtype) -> Path:
     """Save a random-initialised Gemma3 VLM of `config` with the tiny recipe's tokenizer and a processor."""
     tokenizer = build_tokenizer(TinySpec().vocab_size)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (BOI, EOI, IMAGE, PAD, EOS, BOS)}
-    text = {**config["text_config"], "pad_token_id": ids[PAD], "eos_token_id": ids[EOS], "bos_token_id": ids[BOS]}
-    gemma = Gemma3Config(
-        text_config=text,
-        vision_config=config["vision_config"],
-        mm_tokens_per_image=config["mm_tokens_per_image"],
-        boi_token_index=ids[BOI],
-        eoi_token_index=ids[EOI],
-        image_token_index=ids[IMAGE],
-    )
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise where it will train: 4.3 B random weights in seconds, not minutes
-        model = AutoModelForImageTextToText.from_config(gemma, dtype=dtype)
-    model.generation_config.pad_token_id = ids[PAD]
-    model.generation_config.eos_token_id = [ids[EOS], tokenizer.convert_tokens_to_ids(END_OF_TURN)]
-    model.save_pretrained(folder)
-    processor = build_processor(tokenizer, config["vision_config"]["image_size"], config["mm_tokens_per_image"])
-    processor.save_pretrained(folder)
-    n = sum(p.numel() for p in model.parameters())
+    text, vision = config["text_config"], config["vision_config"]
+    n = save_random_gemma3(folder, tokenizer, text, vision, config["mm_tokens_per_image"], 0, device, dtype)
     print(f"random model: {n / 1e9:.2f} B parameters, {dtype}, saved to {folder}", flush=True)
-    del model
     return folder
 
 
 def data_recipe(folder: Path, image_size: int) -> Path:
     """A small phantom data recipe (the tiny recipe's, Free Reasoning answers) drawn at `image_size` px."""
     recipe = yaml.safe_load((REPO / "train" / "recipes" / "tiny" / "data.yaml").read_text())
-    recipe.update(output_dir=str(folder / "data"), sft_samples=80, rl_samples=32, test_samples_per_site=4)
-    recipe["image_size"] = image_size
+    small = {"sft_samples": 80, "rl_samples": 32, "test_samples_per_site": 4}
+    recipe.update(output_dir=str(folder / "data"), image_size=image_size, **small)
     path = folder / "data.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

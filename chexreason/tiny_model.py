@@ -25,9 +25,7 @@ from transformers import (
     Gemma3ForConditionalGeneration,
     Gemma3ImageProcessorPil,
     Gemma3Processor,
-    Gemma3TextConfig,
     PreTrainedTokenizerFast,
-    SiglipVisionConfig,
 )
 from trl.chat_template_utils import gemma3_chat_template
 
@@ -129,50 +127,62 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, image_t
     )
 
 
-def build_tiny(output_dir: str | Path, spec: TinySpec | None = None, seed: int = 0) -> Path:
-    """Build and save a random-initialised tiny Gemma3 VLM with its processor; returns `output_dir`."""
-    spec = spec or TinySpec()
-    output_dir = Path(output_dir)
-    tokenizer = build_tokenizer(spec.vocab_size)
+def save_random_gemma3(
+    output_dir: str | Path,
+    tokenizer: PreTrainedTokenizerFast,
+    text: dict,
+    vision: dict,
+    image_tokens: int,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> int:
+    """Save a random-initialised Gemma3 VLM of the given text and vision configuration values, its special tokens
+    those of `tokenizer`, with a processor; returns its parameter count. `device`: where to initialise it (a
+    GPU initialises billions of weights in seconds)."""
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (BOI, EOI, IMAGE, PAD, EOS, BOS)}
-    text = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_intermediate,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_kv_heads,
-        head_dim=spec.text_hidden // spec.text_heads,
-        max_position_embeddings=spec.max_positions,
-        sliding_window=512,
-        pad_token_id=ids[PAD],
-        eos_token_id=ids[EOS],
-        bos_token_id=ids[BOS],
-    )
-    vision = SiglipVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        num_channels=3,
-    )
     config = Gemma3Config(
-        text_config=text,
+        text_config={**text, "pad_token_id": ids[PAD], "eos_token_id": ids[EOS], "bos_token_id": ids[BOS]},
         vision_config=vision,
-        mm_tokens_per_image=spec.image_tokens,
+        mm_tokens_per_image=image_tokens,
         boi_token_index=ids[BOI],
         eoi_token_index=ids[EOI],
         image_token_index=ids[IMAGE],
     )
     torch.manual_seed(seed)
-    model = Gemma3ForConditionalGeneration(config)
+    with torch.device(device):
+        model = Gemma3ForConditionalGeneration(config).to(dtype)
     model.generation_config.pad_token_id = ids[PAD]
     model.generation_config.eos_token_id = [ids[EOS], tokenizer.convert_tokens_to_ids(END_OF_TURN)]
-    processor = build_processor(tokenizer, spec.image_size, spec.image_tokens)
     model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    n_params = sum(p.numel() for p in model.parameters())
+    build_processor(tokenizer, vision["image_size"], image_tokens).save_pretrained(output_dir)
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_tiny(output_dir: str | Path, spec: TinySpec | None = None, seed: int = 0) -> Path:
+    """Build and save a random-initialised tiny Gemma3 VLM with its processor; returns `output_dir`."""
+    spec = spec or TinySpec()
+    tokenizer = build_tokenizer(spec.vocab_size)
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_hidden,
+        "intermediate_size": spec.text_intermediate,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.text_heads,
+        "num_key_value_heads": spec.text_kv_heads,
+        "head_dim": spec.text_hidden // spec.text_heads,
+        "max_position_embeddings": spec.max_positions,
+        "sliding_window": 512,
+    }
+    vision = {
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": spec.vision_hidden * 4,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.vision_heads,
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+        "num_channels": 3,
+    }
+    n_params = save_random_gemma3(output_dir, tokenizer, text, vision, spec.image_tokens, seed)
     logger.info("built a tiny Gemma3 VLM with %.2f M parameters in %s", n_params / 1e6, output_dir)
-    return output_dir
+    return Path(output_dir)
