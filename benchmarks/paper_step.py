@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from chexreason.tiny_model import TinySpec, build_tokenizer, save_random_gemma3
+from chexreason.training.tiny_model import TinySpec, build_tokenizer, save_random_gemma3
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "train" / "recipes" / "medgemma-4b"

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (stage, what marks its end: a file relative to the run folder, or the start of a log line)
 STAGES = (
     ("data", "data/manifest.json"),
-    ("base: tiny model + vision warm-up", "log:INFO chexreason.pretrain: vision warm-up:"),
+    ("base: tiny model + vision warm-up", "log:INFO chexreason.training.pretrain: vision warm-up:"),
     ("base: language stage", "base/base_log.json"),
     ("SFT", "sft/sft_log.json"),
     ("GRPO", "grpo/grpo_log.json"),

@@ -25,11 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from chexreason.labels import in_canonical_order, normalize_label
-from chexreason.prompts import LABELS_ONLY, PROTOCOLS, THINK_SOLUTION
+from chexreason.prompts import ANSWER_TAGS, LABELS_ONLY, PROTOCOLS, REASONING_TAG, TAG_NAMES, THINK_SOLUTION
 
-_TAG = re.compile(r"<(/?)(think|solution|answer)>", re.IGNORECASE)
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
-_ANSWER_BLOCK = re.compile(r"<(solution|answer)>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(rf"<(/?)({'|'.join(TAG_NAMES)})>", re.IGNORECASE)
+_THINK_BLOCK = re.compile(rf"<{REASONING_TAG}>(.*?)</{REASONING_TAG}>", re.IGNORECASE | re.DOTALL)
+_ANSWER_BLOCK = re.compile(rf"<({'|'.join(ANSWER_TAGS)})>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
 _ITEM_SEPARATOR = re.compile(r"[,;|\n]+|\band\b", re.IGNORECASE)
 _ITEM_PREFIX = re.compile(r"^\s*(?:[-*•]+|\d+[.)])\s*")
 _LIST_PREFIX = re.compile(r"^\s*(?:labels?|findings?|answer|diagnos[ie]s)\s*:\s*", re.IGNORECASE)
@@ -117,7 +117,7 @@ def _read_labels(answer: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
 
 
 def _tag_counts(text: str) -> dict[str, int]:
-    counts = {f"{slash}{name}": 0 for slash in ("", "/") for name in ("think", "solution", "answer")}
+    counts = {f"{slash}{name}": 0 for slash in ("", "/") for name in TAG_NAMES}
     for match in _TAG.finditer(text):
         counts[f"{match.group(1)}{match.group(2).lower()}"] += 1
     return counts

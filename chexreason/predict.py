@@ -33,13 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from chexreason.images import ImageError, load_image_with_info
 from chexreason.labels import in_canonical_order
-from chexreason.modeling import DEFAULT_MAX_NEW_TOKENS, ModelSet, ModelSetError, load_model_set, read_model_set
+from chexreason.modeling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ModelSet,
+    ModelSetError,
+    load_model_set,
+    parse_dtype,
+    read_model_set,
+)
 from chexreason.parsing import parse_completion
 from chexreason.prompts import get_prompt
 
@@ -227,8 +233,13 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[Path], str]:
         raise UsageError(f"--out must end in {' or '.join(FORMATS)}, got {args.out}")
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise UsageError("--batch-size and --max-new-tokens must be at least 1")
-    if args.dtype is not None and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
-        raise UsageError(f"--dtype must be a torch dtype such as float32 or bfloat16, got {args.dtype!r}")
+    if args.dtype is not None:
+        try:
+            parse_dtype(args.dtype)
+        except ValueError:
+            raise UsageError(
+                f"--dtype must be a torch dtype such as float32 or bfloat16, got {args.dtype!r}"
+            ) from None
     if args.prompt is not None:
         try:
             get_prompt(args.prompt)

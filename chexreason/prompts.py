@@ -21,6 +21,13 @@ THINK_SOLUTION = "think_solution"
 LABELS_ONLY = "labels_only"
 PROTOCOLS = (THINK_SOLUTION, LABELS_ONLY)
 
+# The protocols' block tags, once: the parser matches them, the decoder keeps them, the tiny tokenizer makes
+# each a single token. ``answer`` is NV-Reason-CXR-3B's spelling of ``solution``.
+REASONING_TAG = "think"
+ANSWER_TAGS = ("solution", "answer")
+TAG_NAMES = (REASONING_TAG, *ANSWER_TAGS)
+TAGS = tuple(f"<{slash}{name}>" for name in TAG_NAMES for slash in ("", "/"))
+
 _TASK = (
     "You are an expert chest radiologist. Read this frontal chest X-ray and decide which of the following "
     "CheXpert findings are present: " + ", ".join(CHEXPERT_LABELS) + ". "

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.configs import LM_PROJECTIONS
+from chexreason.training import LM_PROJECTIONS
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -20,7 +20,7 @@ def _build_tiny_set(root: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from chexreason.tiny_model import build_tiny
+    from chexreason.training.tiny_model import build_tiny
 
     build_tiny(root / "base")
     for i, name in enumerate(ADAPTERS):

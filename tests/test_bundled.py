@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from chexreason.data.config import read_data_config
 from chexreason.data.phantom import generate
 from chexreason.metrics import score
 from chexreason.modeling import load_model_set
 from chexreason.parsing import parse_completion
 from chexreason.results import load_results
-from train.configs import read_data_config
 
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny"
 SUBSET = 6  # images per split re-generated and re-scored

@@ -1,5 +1,5 @@
-"""`chexreason.fused_head`: on CPU, TRL's fused LM head then projects only the labelled positions, and the loss,
-log-probs, entropies and gradients stay what they were."""
+"""`chexreason.training.fused_head`: on CPU, TRL's fused LM head then projects only the labelled positions, and
+the loss, log-probs, entropies and gradients stay what they were."""
 
 import pytest
 import torch

@@ -76,12 +76,12 @@ def resumed_run(tiny, sft_adapter, data_recipe, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def library_run(tiny, sft_adapter, data_recipe, tmp_path_factory):
-    """Two GRPO steps through `chexreason.grpo.build_grpo_run`, keeping the trainer for inspection."""
+    """Two GRPO steps through `chexreason.training.grpo.build_grpo_run`, keeping the trainer for inspection."""
     from trl import TrlParser
 
     from chexreason.data.build import build_datasets, load_built
-    from chexreason.grpo import build_grpo_run
     from chexreason.prompts import get_answer_format
+    from chexreason.training.grpo import build_grpo_run
     from train.configs import GRPOStageConfig, ModelArguments, read_data_config
 
     out = tmp_path_factory.mktemp("grpo-lib")
@@ -121,7 +121,7 @@ def test_reference_is_the_frozen_sft_adapter(library_run, sft_adapter, tiny):
     from peft import PeftModel
     from trl.trainer.utils import use_adapter
 
-    from chexreason.grpo import POLICY, REFERENCE
+    from chexreason.training.grpo import POLICY, REFERENCE
 
     policy = library_run.policy
     assert set(policy.peft_config) == {POLICY, REFERENCE}
@@ -177,7 +177,7 @@ def test_saved_adapters_are_the_policy_alone(resumed_run, tiny):
 def test_saved_final_adapter_is_the_trained_policy(library_run, tiny, tmp_path):
     from peft import PeftModel
 
-    from chexreason.grpo import save_policy
+    from chexreason.training.grpo import save_policy
 
     folder = save_policy(library_run.policy, tmp_path / "adapter")
     input_ids = torch.tensor([[2, 4, 100, 200, 5]])
@@ -216,7 +216,7 @@ def test_logs_hold_reward_kl_length_and_fail_rate(resumed_run):
 def test_rewards_read_the_tags_trl_drops(tiny):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from chexreason.grpo import FAIL_RATE, build_rewards, completion_decoder, trainer_rewards
+    from chexreason.training.grpo import FAIL_RATE, build_rewards, completion_decoder, trainer_rewards
 
     processor = AutoProcessor.from_pretrained(tiny)
     model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
@@ -276,8 +276,8 @@ def test_grpo_config_errors_are_messages(tmp_path, override, message, data_recip
 def test_best_policy_survives_a_checkpoint_without_its_validation(tmp_path):
     from types import SimpleNamespace
 
-    from chexreason.grpo import BEST_ADAPTER, BEST_JSON, BestPolicyCallback, ValidationSet
     from chexreason.prompts import get_prompt
+    from chexreason.training.grpo import BEST_ADAPTER, BEST_JSON, BestPolicyCallback, ValidationSet
 
     processor = SimpleNamespace(tokenizer=SimpleNamespace(padding_side="right"))
     callback = BestPolicyCallback(ValidationSet([], [], "chexpert14", get_prompt("free_reasoning")), processor,

@@ -1,6 +1,6 @@
 """Model sets: spec validation, one shared base, mixed-adapter batches, decoding, streaming, sampling.
 
-The model set used here is the tiny random-initialised Gemma3 (`chexreason.tiny_model.build_tiny`) with two
+The model set used here is the tiny random-initialised Gemma3 (`chexreason.training.tiny_model.build_tiny`) with two
 LoRA adapters whose B matrices are set to seeded noise, so base, "sft" and "grpo" really answer differently.
 It is built once per session by the `tiny_set` / `models` fixtures in conftest.py.
 """
@@ -16,11 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from chexreason import modeling
+from chexreason import model_set_spec
 from chexreason.modeling import (
     BASE_ADAPTER,
     REPO_ROOT,
+    Completion,
     CompletionDecoder,
+    GenerationSettings,
     ModelSet,
     ModelSetError,
     is_hub_id,
@@ -28,7 +30,7 @@ from chexreason.modeling import (
     read_model_set,
 )
 from chexreason.prompts import get_prompt
-from train.configs import LM_PROJECTIONS
+from chexreason.training import LM_PROJECTIONS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -152,7 +154,7 @@ def test_bare_names_are_looked_up_in_order(tmp_path: Path, monkeypatch: pytest.M
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "demo.yaml").write_text(f"name: {folder}\n" + TWO)
     monkeypatch.setattr(
-        modeling, "SEARCH_PATTERNS", (tmp_path / "first" / "{name}.yaml", tmp_path / "second" / "{name}.yaml")
+        model_set_spec, "SEARCH_PATTERNS", (tmp_path / "first" / "{name}.yaml", tmp_path / "second" / "{name}.yaml")
     )
     assert read_model_set("demo").name == "first"
     (tmp_path / "first" / "demo.yaml").unlink()
@@ -269,6 +271,24 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(models: Mo
     alone = models.generate(images, checkpoint_names=["sft"], do_sample=True, seed=7, max_new_tokens=10)
     assert [row[0] for row in alone] == [row[1] for row in sampled]
     assert sampled != models.generate(images, do_sample=True, seed=8, max_new_tokens=10)
+
+
+def test_complete_batch_says_which_answers_ran_out_of_tokens(models: ModelSet, images):
+    settings = GenerationSettings(max_new_tokens=4)
+    completions = models.complete_batch(images, batch_size=1, progress=False, settings=settings)
+    assert [[c.text for c in row] for row in completions] == models.generate(images, settings=settings)
+    for row in completions:  # a row that stopped spent at most the budget minus its stop token
+        assert all(c.truncated == (c.n_tokens == 4) for c in row)
+    with pytest.raises(TypeError, match="not both"):
+        models.generate(images, settings=settings, max_new_tokens=4)
+
+
+def test_a_completion_without_a_stop_token_is_truncated(models: ModelSet):
+    decoder = models.decoder_of("base")
+    eos, pad = decoder.tokenizer.eos_token_id, decoder.tokenizer.pad_token_id
+    ids = decoder.tokenizer("Cardiomegaly", add_special_tokens=False)["input_ids"]
+    assert decoder.complete([*ids, eos, pad]) == Completion("Cardiomegaly", len(ids), truncated=False)
+    assert decoder.complete(ids) == Completion("Cardiomegaly", len(ids), truncated=True)
 
 
 # ---------------------------------------------------------------------------------------------- decoding

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from sft_masking import trained_text
 
-from chexreason.tiny_model import TAGS, TinySpec
+from chexreason.training.tiny_model import TAGS, TinySpec
 
 SMALL_DATA = ["--sft_samples", "20", "--rl_samples", "4", "--test_samples_per_site", "4", "--image_size", "96",
               "--workers", "1"]  # fmt: skip

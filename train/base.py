@@ -2,8 +2,8 @@
 
     python -m train.base --config train/recipes/tiny/base.yaml
 
-Builds the tiny model (`chexreason.tiny_model`) if needed, warms up its vision tower on phantoms, then
-trains all its weights on lay captions and off-image answers in the recipe's format (`chexreason.pretrain`).
+Builds the tiny model (`chexreason.training.tiny_model`) if needed, warms up its vision tower on phantoms, then
+trains all its weights on lay captions and off-image answers in the recipe's format (`chexreason.training.pretrain`).
 Writes ``<output_dir>/model`` (weights + processor) and ``<output_dir>/base_log.json``. Tested on a 2-core
 CPU. Not part of the paper: MedGemma-4B arrives pretrained; this stage exists because ours cannot.
 """
@@ -18,11 +18,11 @@ from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTTrainer
 
-from chexreason.fused_head import score_labelled_positions_only
-from chexreason.pretrain import base_corpus, caption_conversations, format_conversations, warm_up_vision
 from chexreason.prompts import get_answer_format
-from chexreason.tiny_model import TinySpec, build_tiny
 from chexreason.training import last_checkpoint
+from chexreason.training.fused_head import score_labelled_positions_only
+from chexreason.training.pretrain import base_corpus, caption_conversations, format_conversations, warm_up_vision
+from chexreason.training.tiny_model import TinySpec, build_tiny
 from train.configs import BaseStageConfig, parse_stage
 
 logger = logging.getLogger(__name__)

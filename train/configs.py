@@ -1,7 +1,8 @@
 """Typed recipe configuration, parsed by TRL's `TrlParser` from a YAML recipe with command-line overrides.
 
-Every field documents itself (``python -m train.data --help``); `__post_init__` rejects bad values with a
-message that names the field.
+Every field documents itself (``python -m train.sft --help``); `__post_init__` rejects bad values with a
+message that names the field. The data recipe's config, `DataConfig`, is the library's
+(`chexreason.data.config`); it is re-exported here.
 """
 
 from __future__ import annotations
@@ -11,140 +12,25 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig, SFTConfig
 
-from chexreason.data.readers import UNCERTAINTY_POLICIES
-from chexreason.labels import EVAL_LABEL_SETS
-from chexreason.prompts import ANSWER_FORMATS
+from chexreason.data.config import DATA_SOURCES, TEACHERS, DataConfig, read_data_config
+from chexreason.loading import DTYPES
 from chexreason.rewards import REWARD_FACTORIES
+from chexreason.training.common import LM_PROJECTIONS
 
-DATA_SOURCES = ("phantom", "real")
-TEACHERS = ("template", "api")
-
-
-@dataclass
-class DataConfig:
-    """How `python -m train.data` builds the SFT, RL and evaluation sets."""
-
-    source: str = field(
-        default="phantom",
-        metadata={
-            "help": "'phantom' (the synthetic two-site benchmark) or 'real' (MIMIC-CXR-JPG; CheXpert, NIH tests)."
-        },
-    )
-    output_dir: str = field(
-        default="outputs/tiny/data", metadata={"help": "Where the datasets and manifest.json are written."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the phantom generator and of the patient shuffle."})
-    sft_samples: int = field(default=2000, metadata={"help": "SFT examples, validation included (paper: 2,000)."})
-    sft_validation_fraction: float = field(
-        default=0.1, metadata={"help": "Share of the SFT examples held out for validation (paper: 10%)."}
-    )
-    rl_samples: int = field(default=1000, metadata={"help": "GRPO prompts (paper: 1,000)."})
-    uncertainty_policy: str = field(
-        default="u-zeros",
-        metadata={"help": f"Uncertain (-1) labels: {UNCERTAINTY_POLICIES}. The paper does not say; u-zeros is ours."},
-    )
-    frontal_only: bool = field(default=True, metadata={"help": "Keep only PA/AP views."})
-    answer_format: str = field(
-        default="free_reasoning",
-        metadata={"help": f"SFT answer format, one of {sorted(ANSWER_FORMATS)}; GRPO starts from free_reasoning."},
-    )
-    teacher: str = field(default="template", metadata={"help": f"Who writes the SFT traces: one of {TEACHERS}."})
-    teacher_base_url: str | None = field(
-        default=None, metadata={"help": "API teacher: OpenAI-compatible base URL, e.g. http://localhost:8000/v1."}
-    )
-    teacher_model: str | None = field(default=None, metadata={"help": "API teacher: model name."})
-    teacher_api_key_env: str | None = field(
-        default=None,
-        metadata={"help": "API teacher: environment variable holding the API key (unset for local servers)."},
-    )
-    teacher_max_concurrency: int = field(default=4, metadata={"help": "API teacher: parallel requests."})
-    teacher_allow_credentialed_remote: bool = field(
-        default=False,
-        metadata={"help": "API teacher: my data use agreement allows sending MIMIC-CXR/CheXpert images there."},
-    )
-    drop_teacher_mismatches: bool = field(
-        default=True,
-        metadata={"help": "Drop SFT examples whose API-teacher trace does not reach the ground-truth labels."},
-    )
-    # Phantom benchmark.
-    image_size: int = field(default=256, metadata={"help": "Phantom: rendered image side in pixels."})
-    test_samples_per_site: int = field(
-        default=500, metadata={"help": "Phantom: evaluation images per site (a and b)."}
-    )
-    workers: int = field(default=2, metadata={"help": "Phantom: processes rendering images."})
-    # Real datasets.
-    mimic_root: str | None = field(
-        default=None, metadata={"help": "Real: MIMIC-CXR-JPG folder (with files/ and the metadata CSVs)."}
-    )
-    mimic_labeler: str = field(
-        default="chexpert", metadata={"help": "Real: MIMIC label file: 'chexpert' or 'negbio'."}
-    )
-    chexpert_test_csv: str | None = field(
-        default=None, metadata={"help": "Real: CheXpert test_labels.csv (in-distribution evaluation)."}
-    )
-    chexpert_root: str | None = field(
-        default=None, metadata={"help": "Real: folder the CheXpert CSV's Path column is relative to."}
-    )
-    nih_csv: str | None = field(
-        default=None, metadata={"help": "Real: NIH Data_Entry_2017(_v2020).csv (cross-dataset evaluation)."}
-    )
-    nih_images: str | None = field(
-        default=None, metadata={"help": "Real: NIH images folder (flat or the Kaggle images_0XX/images layout)."}
-    )
-    nih_split_list: str | None = field(
-        default=None, metadata={"help": "Real: NIH test_list.txt; the NIH evaluation set is its frontal images."}
-    )
-    nih_label_set: str = field(
-        default="nih9",
-        metadata={"help": "Real and phantom site b: 'nih9' (paper) or 'nih10' (adds Pleural Effusion)."},
-    )
-
-    def __post_init__(self) -> None:
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"data config: {message}")
-
-        need(self.source in DATA_SOURCES, f"source must be one of {DATA_SOURCES}, not {self.source!r}")
-        need(self.sft_samples >= 2, "sft_samples must be at least 2")
-        need(0 < self.sft_validation_fraction < 1, "sft_validation_fraction must be in (0, 1)")
-        need(self.rl_samples >= 1, "rl_samples must be at least 1")
-        need(
-            self.uncertainty_policy in UNCERTAINTY_POLICIES,
-            f"uncertainty_policy must be one of {UNCERTAINTY_POLICIES}",
-        )
-        need(self.answer_format in ANSWER_FORMATS, f"answer_format must be one of {sorted(ANSWER_FORMATS)}")
-        need(self.teacher in TEACHERS, f"teacher must be one of {TEACHERS}")
-        if self.teacher == "api":
-            need(
-                bool(self.teacher_base_url and self.teacher_model),
-                "the api teacher needs teacher_base_url and teacher_model",
-            )
-        need(
-            self.nih_label_set in ("nih9", "nih10") and self.nih_label_set in EVAL_LABEL_SETS,
-            "nih_label_set must be nih9 or nih10",
-        )
-        need(64 <= self.image_size <= 2048, "image_size must be between 64 and 2048")
-        need(
-            self.test_samples_per_site >= 1 and self.workers >= 1,
-            "test_samples_per_site and workers must be at least 1",
-        )
-
-    def missing_real_paths(self) -> list[str]:
-        """The dataset paths a 'real' build still lacks. Checked when data is built, not when a recipe is read,
-        so the SFT and GRPO stages can read a paper data recipe whose datasets were built earlier."""
-        if self.source != "real":
-            return []
-        names = ("mimic_root", "chexpert_test_csv", "nih_csv", "nih_images", "nih_split_list")
-        return [name for name in names if not getattr(self, name)]
-
-    @property
-    def sft_validation_samples(self) -> int:
-        return max(1, round(self.sft_samples * self.sft_validation_fraction))
-
-
-# The language model's attention and MLP projections, not the vision tower's (whose q/k/v and MLP layers
-# share the plain names). PEFT full-matches a string target against each module's name.
-LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Re-exported: these lived here before the data recipe's config moved into the library.
+__all__ = [
+    "DATA_SOURCES",
+    "LM_PROJECTIONS",
+    "PAPER_GRPO",
+    "TEACHERS",
+    "BaseStageConfig",
+    "DataConfig",
+    "GRPOStageConfig",
+    "ModelArguments",
+    "SFTStageConfig",
+    "parse_stage",
+    "read_data_config",
+]
 
 
 @dataclass
@@ -174,8 +60,8 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model config: dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model config: dtype must be {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.lora_r < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
             raise ValueError("model config: need lora_r >= 1, lora_alpha >= 1 and 0 <= lora_dropout < 1")
         if (self.min_pixels is None) != (self.max_pixels is None) or (
@@ -196,21 +82,10 @@ def parse_stage(prog: str, types: tuple[type, ...], argv: list[str] | None) -> t
         sys.exit(f"{prog}: {error}")
 
 
-def read_data_config(path: str) -> DataConfig:
-    """The DataConfig of a data recipe YAML (the stages name theirs with `data_config`)."""
-    from transformers import HfArgumentParser
-
-    try:
-        (config,) = HfArgumentParser(DataConfig).parse_yaml_file(path)
-    except FileNotFoundError:
-        raise ValueError(f"data_config {path!r} does not exist") from None
-    return config
-
-
 @dataclass
 class BaseStageConfig(SFTConfig):
     """The tiny recipe's base stage (`python -m train.base`): vision warm-up, then full-parameter language
-    training on lay captions and off-image format examples (see `chexreason.pretrain`). SFTConfig's fields
+    training on lay captions and off-image format examples (see `chexreason.training.pretrain`). SFTConfig's fields
     (learning_rate, num_train_epochs, …) drive the language stage."""
 
     data_config: str = field(

@@ -6,7 +6,7 @@
         --chexpert_root /data/chexpert --nih_csv /data/nih/Data_Entry_2017_v2020.csv \\
         --nih_images /data/nih/images --nih_split_list /data/nih/test_list.txt
 
-Any field of `train.configs.DataConfig` can be overridden on the command line (``--help`` lists them).
+Any field of `chexreason.data.config.DataConfig` can be overridden on the command line (``--help`` lists them).
 A second run with the same config reuses what the first built. Departures from the paper: the paper used
 Gemini 2.5 as teacher; the default here is the offline template teacher (``--teacher api`` for any
 OpenAI-compatible endpoint), and the uncertainty policy (u-zeros) and NIH subset (test_list.txt, frontal)
@@ -22,9 +22,9 @@ import sys
 from trl import TrlParser
 
 from chexreason.data.build import build_datasets
+from chexreason.data.config import DataConfig
 from chexreason.data.readers import DatasetError
 from chexreason.teachers.api import TeacherError
-from train.configs import DataConfig
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
         (config,) = parser.parse_args_and_config(args=argv)
     except ValueError as error:  # __post_init__ and YAML errors: a message, not a traceback
         sys.exit(f"train.data: {error}")
+    missing = config.missing_real_paths()
+    if missing:  # said before any work, in the command line's own terms
+        sys.exit(f"train.data: data config: source 'real' needs {', '.join('--' + name for name in missing)}")
     try:
         manifest = build_datasets(config)
     except (DatasetError, TeacherError, FileNotFoundError) as error:  # bad paths, data or endpoint: say what

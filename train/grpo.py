@@ -5,7 +5,7 @@
 Starts the policy from the SFT adapter (``sft_adapter``; when it does not exist, runs ``sft_recipe`` first,
 which builds the data and, for the tiny recipe, the base model), samples 4 completions per RL prompt and
 optimises the paper's rewards with TRL's GRPOTrainer. The KL reference is a frozen copy of the SFT adapter
-(see `chexreason.grpo`). Writes the final policy adapter to ``<output_dir>/adapter``, the policy with the best
+(see `chexreason.training.grpo`). Writes the final policy adapter to ``<output_dir>/adapter``, the policy with the best
 validation macro-F1 (scored at every save on ``sft_validation``, greedy) to ``<output_dir>/best_adapter`` with
 ``best.json``, and the training log (reward and its parts, KL, completion lengths, fail rate) with every
 validation to ``<output_dir>/grpo_log.json``. An interrupted run resumes from its last checkpoint, with the
@@ -36,11 +36,11 @@ import sys
 from pathlib import Path
 
 from chexreason.data.build import build_datasets, load_built
-from chexreason.export import export_model_set, write_model_card
-from chexreason.fused_head import score_labelled_positions_only
-from chexreason.grpo import ADAPTER_CONFIG, BEST_ADAPTER, build_grpo_run
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
+from chexreason.training.export import export_model_set, write_model_card
+from chexreason.training.fused_head import score_labelled_positions_only
+from chexreason.training.grpo import ADAPTER_CONFIG, BEST_ADAPTER, build_grpo_run
 from train.configs import GRPOStageConfig, ModelArguments, parse_stage
 
 logger = logging.getLogger(__name__)

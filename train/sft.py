@@ -21,9 +21,9 @@ from transformers import EarlyStoppingCallback
 from trl import SFTTrainer
 
 from chexreason.data.build import build_datasets, load_built
-from chexreason.fused_head import score_labelled_positions_only
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint, load_model, lora_config, sft_rows
+from chexreason.training.fused_head import score_labelled_positions_only
 from train.configs import ModelArguments, SFTStageConfig, parse_stage
 
 logger = logging.getLogger(__name__)

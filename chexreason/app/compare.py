@@ -21,7 +21,13 @@ from PIL import Image
 from chexreason.app import rendering
 from chexreason.app.examples import Example, example_for
 from chexreason.images import ImageError, ImageInfo, load_image_with_info
-from chexreason.modeling import DEFAULT_MAX_NEW_TOKENS, ModelSet
+from chexreason.modeling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    GenerationSettings,
+    ModelSet,
+)
 from chexreason.parsing import parse_completion
 from chexreason.prompts import ALL_PROMPTS
 
@@ -140,8 +146,8 @@ class Comparer:
         upload: str | None,
         prompt: str = OWN_PROMPT,
         sampling: bool = False,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         held: LoadedUpload | None = None,
     ) -> Iterator[list[Any]]:
@@ -161,8 +167,8 @@ class Comparer:
         loaded: LoadedUpload,
         prompt: str = OWN_PROMPT,
         sampling: bool = False,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     ) -> Iterator[list[Any]]:
         """The comparison for one loaded image; see the module docstring for what each yield holds."""
@@ -227,10 +233,5 @@ class Comparer:
             raise gr.Error(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}.")
         if sampling and not (0 < temperature <= 2 and 0 < top_p <= 1):
             raise gr.Error("Sampling needs 0 < temperature ≤ 2 and 0 < top-p ≤ 1.")
-        return {
-            "prompt": None if prompt in (OWN_PROMPT, "", None) else prompt,
-            "max_new_tokens": int(max_new_tokens),
-            "do_sample": bool(sampling),
-            "temperature": float(temperature),
-            "top_p": float(top_p),
-        }
+        settings = GenerationSettings(int(max_new_tokens), bool(sampling), float(temperature), float(top_p))
+        return {"prompt": None if prompt in (OWN_PROMPT, "", None) else prompt, "settings": settings}

@@ -13,7 +13,15 @@ import gradio as gr
 from chexreason.app import plots, rendering
 from chexreason.app.compare import MAX_NEW_TOKENS_LIMIT, MAX_UPLOAD_BYTES, Comparer
 from chexreason.app.examples import SITE_NAMES, load_examples
-from chexreason.modeling import DEFAULT_MAX_NEW_TOKENS, ModelSet, is_hub_id, load_model_set, resolve_model_set_path
+from chexreason.modeling import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    ModelSet,
+    is_hub_id,
+    load_model_set,
+    resolve_model_set_path,
+)
 from chexreason.results import ResultsError, load_paper_tables, load_results, paper_source
 
 logger = logging.getLogger(__name__)
@@ -100,8 +108,10 @@ def _compare_tab(comparer: Comparer) -> None:
                     elem_id="prompt",
                 )
                 sampling = gr.Checkbox(False, label="Sample (off: greedy, as in the evaluation)", elem_id="sampling")
-                temperature = gr.Slider(0.05, 2.0, 0.8, step=0.05, label="Temperature", elem_id="temperature")
-                top_p = gr.Slider(0.05, 1.0, 0.95, step=0.05, label="Top-p", elem_id="top-p")
+                temperature = gr.Slider(
+                    0.05, 2.0, DEFAULT_TEMPERATURE, step=0.05, label="Temperature", elem_id="temperature"
+                )
+                top_p = gr.Slider(0.05, 1.0, DEFAULT_TOP_P, step=0.05, label="Top-p", elem_id="top-p")
                 max_new_tokens = gr.Slider(
                     16, MAX_NEW_TOKENS_LIMIT, DEFAULT_MAX_NEW_TOKENS, step=16, label="Max new tokens",
                     elem_id="max-new-tokens",

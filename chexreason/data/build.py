@@ -41,7 +41,7 @@ from chexreason.results import fingerprint
 from chexreason.teachers import Teacher, TeacherCase, TemplateTeacher
 
 if TYPE_CHECKING:
-    from train.configs import DataConfig
+    from chexreason.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def build_datasets(config: DataConfig) -> dict:
     if missing:
         raise DatasetError(
             "data config: source 'real' needs "
-            + ", ".join(f"--{name}" for name in missing)
-            + " (on the python -m train.data command line, or in the data recipe)"
+            + ", ".join(missing)
+            + " (set them in the data recipe, or override them where the config is parsed)"
         )
     start = time.perf_counter()
     report = SplitReport()

@@ -30,7 +30,10 @@ def build_tiny_qwen(output_dir: Path, seed: int = 0) -> Path:
     )
     from trl.chat_template_utils import qwen2_5_vl_chat_template
 
-    from chexreason.tiny_model import TAGS, _tokenizer_corpus  # the tiny Gemma3's corpus: our prompts and traces
+    from chexreason.training.tiny_model import (  # the tiny Gemma3's corpus: our prompts and traces
+        TAGS,
+        _tokenizer_corpus,
+    )
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -10,7 +10,8 @@ import yaml
 from safetensors.torch import load_file
 from sft_masking import trained_text
 
-from train.configs import LM_PROJECTIONS, ModelArguments
+from chexreason.training import LM_PROJECTIONS
+from train.configs import ModelArguments
 
 pytestmark = pytest.mark.qwen
 RECIPE = "train/recipes/qwen2.5-vl-3b/sft_free_reasoning.yaml"

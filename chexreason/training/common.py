@@ -11,19 +11,22 @@ from peft import LoraConfig
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.trainer_utils import get_last_checkpoint
 
-from chexreason.modeling import pixel_bounds
+from chexreason.loading import parse_dtype
+from chexreason.model_set_spec import pixel_bounds
 from chexreason.prompts import AnswerFormat, PromptVariant
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The language model's attention and MLP projections, not the vision tower's (whose q/k/v and MLP layers
+# share the plain names). PEFT full-matches a string target against each module's name.
+LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 def load_model(model_args) -> tuple[torch.nn.Module, object]:
     """The model and processor a stage starts from (`train.configs.ModelArguments`), safetensors only."""
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": False}
     model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path, dtype=_DTYPES[model_args.dtype], use_safetensors=True, **kwargs
+        model_args.model_name_or_path, dtype=parse_dtype(model_args.dtype), use_safetensors=True, **kwargs
     )
     # Qwen2.5-VL: 256-512 visual tokens, as the paper sets (None for MedGemma, whose processor fixes 256).
     pixels = pixel_bounds(model_args.min_pixels, model_args.max_pixels)

@@ -1,0 +1,279 @@
+"""The model-set file format: 2–4 checkpoints (e.g. base, SFT, GRPO) to compare side by side, and its validation.
+
+A model set is a small YAML file naming the checkpoints in display order::
+
+    name: tiny
+    description: Tiny Gemma3 trained by the tiny recipe on synthetic phantoms (not diagnostic).
+    checkpoints:
+      - name: base            # unique ([A-Za-z0-9][A-Za-z0-9_-]*): column title and results key
+        title: Base           # optional display name (default: name)
+        model: base           # local path (relative to this file's folder) or a Hub id
+        revision: null        # Hub revision of `model`: pin it for Hub ids
+        prompt: free_reasoning   # key for chexreason.prompts.get_prompt (default: free_reasoning)
+      - name: sft
+        model: base
+        adapter: sft          # optional LoRA adapter: local dir (relative path) or Hub id
+        adapter_revision: null
+        prompt: free_reasoning
+
+A reference starting with ``/``, ``./``, ``../`` or ``~`` is always a local path; otherwise it is a local path
+when it exists next to the YAML file, else a Hub id when it looks like one (``org/name``). Local models and
+adapters are checked when the file is read, so a typo fails before any weights load.
+
+`read_model_set` turns a file into a `ModelSetSpec`; `chexreason.loading.load_model_set` loads one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chexreason.prompts import get_prompt
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_SETS = Path(__file__).resolve().parent / "model_sets"
+# Where a bare model-set name is looked up, in order: the set trained here, then the bundled examples.
+SEARCH_PATTERNS: tuple[Path, ...] = (
+    REPO_ROOT / "checkpoints" / "{name}" / "model_set.yaml",
+    BUNDLED_SETS / "{name}.yaml",
+)
+
+MIN_CHECKPOINTS, MAX_CHECKPOINTS = 2, 4
+DEFAULT_PROMPT = "free_reasoning"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # also a valid PEFT adapter name (no dots)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_SET_KEYS = {"name", "description", "checkpoints", "min_pixels", "max_pixels"}
+_CHECKPOINT_KEYS = {"name", "title", "model", "revision", "adapter", "adapter_revision", "prompt"}
+
+
+class ModelSetError(ValueError):
+    """A model-set file that cannot be used; the message names the file, the checkpoint and the fix."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One checkpoint of a model set, with its references resolved.
+
+    Attributes:
+        name: unique key (results, column titles, PEFT adapter name).
+        model: absolute local path or Hub id of the base model.
+        prompt: key of the prompt it is asked with (`chexreason.prompts.get_prompt`).
+        title: display name, if different from `name`.
+        revision: Hub revision of `model`.
+        adapter: absolute local path or Hub id of a LoRA adapter, or None for the bare base.
+        adapter_revision: Hub revision of `adapter`.
+    """
+
+    name: str
+    model: str
+    prompt: str = DEFAULT_PROMPT
+    title: str | None = None
+    revision: str | None = None
+    adapter: str | None = None
+    adapter_revision: str | None = None
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.name
+
+    @property
+    def base_key(self) -> tuple[str, str | None]:
+        """Checkpoints with equal keys share one copy of the base weights."""
+        return self.model, self.revision
+
+    @property
+    def adapter_key(self) -> tuple[str, str | None] | None:
+        return None if self.adapter is None else (self.adapter, self.adapter_revision)
+
+
+@dataclass(frozen=True)
+class ModelSetSpec:
+    """An ordered set of 2–4 checkpoints to compare, as read from a model-set YAML file."""
+
+    name: str
+    checkpoints: tuple[CheckpointSpec, ...]
+    description: str = ""
+    source: Path | None = None
+    min_pixels: int | None = None  # Qwen2.5-VL: the image pixel bounds its checkpoints were trained with
+    max_pixels: int | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.checkpoints)
+
+    def checkpoint(self, name: str) -> CheckpointSpec:
+        for checkpoint in self.checkpoints:
+            if checkpoint.name == name:
+                return checkpoint
+        raise KeyError(f"model set {self.name!r} has no checkpoint {name!r}; it has {list(self.names)}")
+
+
+def is_hub_id(reference: str) -> bool:
+    """Whether a model or adapter reference is a Hub id (local references are resolved to absolute paths).
+
+    >>> is_hub_id("google/medgemma-4b-it"), is_hub_id("/models/base")
+    (True, False)
+    """
+    return not Path(reference).is_absolute() and _HUB_ID.fullmatch(reference) is not None
+
+
+def resolve_model_set_path(path_or_name: str | Path) -> Path:
+    """The YAML file a model-set argument means: a path as given, or a bare name looked up in `SEARCH_PATTERNS`."""
+    text = str(path_or_name)
+    looks_like_path = isinstance(path_or_name, Path) or "/" in text or "\\" in text or text.endswith((".yaml", ".yml"))
+    if looks_like_path or Path(text).is_file():
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ModelSetError(f"model-set file {path} not found")
+        return path
+    if not _NAME.fullmatch(text):
+        raise ModelSetError(f"{text!r} is neither a model-set file nor a model-set name")
+    candidates = [Path(str(pattern).format(name=text)) for pattern in SEARCH_PATTERNS]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise ModelSetError(f"no model set named {text!r}: looked for {looked}")
+
+
+def read_model_set(path_or_name: str | Path, check_paths: bool = True) -> ModelSetSpec:
+    """Read and validate a model-set YAML file (a path, or a bare name such as ``tiny``).
+
+    Args:
+        path_or_name: the file, or a name resolved through `SEARCH_PATTERNS`.
+        check_paths: check that local models and adapters exist (turn off to validate an example whose
+            local outputs have not been trained yet).
+
+    Raises:
+        ModelSetError: the file is missing or malformed, or a checkpoint is invalid.
+    """
+    path = resolve_model_set_path(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ModelSetError(f"{path}: could not parse the model set ({err})") from err
+    return _spec_from_mapping(data, path, check_paths)
+
+
+def _spec_from_mapping(data: Any, path: Path, check_paths: bool) -> ModelSetSpec:
+    where = str(path)
+    if not isinstance(data, Mapping):
+        raise ModelSetError(f"{where}: a model set must be a mapping with a 'checkpoints' list")
+    _reject_unknown_keys(data, _SET_KEYS, where)
+    entries = data.get("checkpoints")
+    if not isinstance(entries, list):
+        raise ModelSetError(f"{where}: 'checkpoints' must be a list of {MIN_CHECKPOINTS} to {MAX_CHECKPOINTS} entries")
+    if not MIN_CHECKPOINTS <= len(entries) <= MAX_CHECKPOINTS:
+        raise ModelSetError(
+            f"{where}: a model set compares {MIN_CHECKPOINTS} to {MAX_CHECKPOINTS} checkpoints, found {len(entries)}"
+        )
+    checkpoints = tuple(
+        _checkpoint_from_mapping(entry, i, path.parent, where, check_paths) for i, entry in enumerate(entries)
+    )
+    names = [c.name for c in checkpoints]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ModelSetError(f"{where}: duplicate checkpoint names {duplicates}; names must be unique")
+    name = data.get("name", path.stem if path.name != "model_set.yaml" else path.parent.name)
+    description = data.get("description") or ""
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise ModelSetError(f"{where}: 'name' and 'description' must be strings")
+    bounds = (data.get("min_pixels"), data.get("max_pixels"))
+    if bounds != (None, None) and not (
+        all(isinstance(b, int) and b > 0 for b in bounds) and bounds[0] <= bounds[1]  # type: ignore[operator]
+    ):
+        raise ModelSetError(f"{where}: min_pixels and max_pixels go together, as positive integers with min <= max")
+    return ModelSetSpec(name, checkpoints, description, path.resolve(), *bounds)
+
+
+def pixel_bounds(min_pixels: int | None, max_pixels: int | None) -> dict:
+    """`AutoProcessor.from_pretrained` keywords that bound Qwen2.5-VL's image size (and so its visual tokens).
+
+    Given as the image processor's ``size``: passed as min_pixels/max_pixels, transformers 5.23 re-sends them with
+    every processor call, where they are deprecated.
+
+    >>> pixel_bounds(256 * 28 * 28, 512 * 28 * 28)
+    {'size': {'shortest_edge': 200704, 'longest_edge': 401408}}
+    >>> pixel_bounds(None, None)
+    {}
+    """
+    if min_pixels is None:
+        return {}
+    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+
+
+def _checkpoint_from_mapping(entry: Any, index: int, base_dir: Path, where: str, check_paths: bool) -> CheckpointSpec:
+    if not isinstance(entry, Mapping):
+        raise ModelSetError(f"{where}: checkpoint #{index + 1} must be a mapping with 'name' and 'model'")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ModelSetError(
+            f"{where}: checkpoint #{index + 1} needs a 'name' of letters, digits, '_' or '-' (got {name!r})"
+        )
+    where = f"{where}: checkpoint {name!r}"
+    _reject_unknown_keys(entry, _CHECKPOINT_KEYS, where)
+    strings = {key: entry.get(key) for key in ("title", "revision", "adapter_revision")}
+    for key, value in strings.items():
+        if value is not None and not isinstance(value, str):
+            raise ModelSetError(f"{where}: '{key}' must be a string (quote commit hashes), got {value!r}")
+    prompt = entry.get("prompt", DEFAULT_PROMPT)
+    try:
+        get_prompt(prompt)
+    except (ValueError, TypeError) as err:
+        raise ModelSetError(f"{where}: {err}") from None
+    if "model" not in entry:
+        raise ModelSetError(f"{where}: missing 'model' (a local path or a Hub id)")
+    model = _resolve_reference(entry["model"], base_dir, "model", where, check_paths)
+    adapter = entry.get("adapter")
+    if adapter is not None:
+        adapter = _resolve_reference(adapter, base_dir, "adapter", where, check_paths)
+    if check_paths:
+        _check_local_files(model, adapter, where)
+    return CheckpointSpec(
+        name=name,
+        model=model,
+        prompt=prompt,
+        title=strings["title"],
+        revision=strings["revision"],
+        adapter=adapter,
+        adapter_revision=strings["adapter_revision"],
+    )
+
+
+def _reject_unknown_keys(data: Mapping, known: set[str], where: str) -> None:
+    """Typos such as ``adaptor:`` would otherwise silently serve the bare base model."""
+    unknown = sorted(str(key) for key in data if key not in known)
+    if unknown:
+        raise ModelSetError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+
+
+def _resolve_reference(value: Any, base_dir: Path, key: str, where: str, check_paths: bool) -> str:
+    """An absolute local path, or the Hub id as written."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelSetError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
+    value = value.strip()
+    path = Path(value).expanduser()
+    local = path if path.is_absolute() else base_dir / path
+    explicitly_local = value.startswith(("/", "./", "../", "~"))
+    if local.exists() or explicitly_local or not _HUB_ID.fullmatch(value):
+        if check_paths and not local.exists():
+            raise ModelSetError(f"{where}: {key} {value!r} not found at {local.resolve()}")
+        return str(local.resolve())
+    return value
+
+
+def _check_local_files(model: str, adapter: str | None, where: str) -> None:
+    if not is_hub_id(model) and not (Path(model) / "config.json").is_file():
+        raise ModelSetError(f"{where}: model folder {model} has no config.json (save it with save_pretrained)")
+    if adapter is None or is_hub_id(adapter):
+        return
+    for needed in ("adapter_config.json", ADAPTER_WEIGHTS):
+        if not (Path(adapter) / needed).is_file():
+            raise ModelSetError(f"{where}: adapter folder {adapter} has no {needed} (save it with save_pretrained)")

@@ -1,0 +1,399 @@
+"""The GRPO stage's parts: the policy and its KL reference, the rewards as TRL calls them, the callbacks that keep
+the nuanced reward's window across resumes and the best policy by validation macro-F1.
+
+Why it is shaped this way:
+
+- **Reference = the SFT policy.** The policy is the base with the SFT adapter loaded *trainable*
+  (`load_policy`) and handed to `GRPOTrainer` without a ``peft_config``. With ``beta != 0`` TRL 1.16 then adds
+  a second adapter, ``"ref"``, copies the SFT weights into it (``trl/trainer/grpo_trainer.py:478-506``), keeps no
+  separate reference model (``:986-990``) and computes the reference log-probs with ``"ref"`` active
+  (``:2723-2737``). ``"ref"`` is created frozen and is not in the optimizer, so it stays the SFT policy: the
+  paper's reference. (A fresh LoRA on the base would make the *base* the reference.)
+- **Rewards read the token ids.** TRL decodes completions with ``skip_special_tokens=True``
+  (``grpo_trainer.py:2244``), which deletes ``<think>``/``<solution>`` where a tokenizer registers them as special
+  tokens (the tiny one does): every output would be unparseable. `TrainerReward` re-decodes each completion from
+  its ``completion_ids`` with the decoder evaluation uses (`chexreason.modeling.CompletionDecoder`), so rewards
+  and evaluation read the same text. The first one also logs the batch's fail rate (``fail_rate``, the share of
+  unparseable completions) with TRL's ``log_metric``: no zero-weight pseudo-reward, no change to
+  ``reward_weights`` or to the advantages.
+- **Only the policy adapter is saved** (`save_policy`): PEFT's ``save_pretrained`` would also write the frozen
+  ``"ref"`` copy. TRL's own checkpoints keep ``ref/`` so that a resumed run has the same reference.
+- **Stateful rewards survive a resume.** `RewardStateCallback` writes each stateful reward's ``state_dict()`` (the
+  nuanced reward's sliding window) into every checkpoint, one file per process: each training process keeps
+  its own window over the completions it scores, and gets its own back.
+- **Best policy as in the paper's Table 4.** `BestPolicyCallback` scores the policy at every save on the first
+  ``validation_samples`` images of ``sft_validation`` (greedy, `chexreason.modeling.ModelSet.generate_batch`,
+  `chexreason.metrics.score`) and keeps the adapter with the highest macro-F1 in ``<output_dir>/best_adapter``.
+  It runs on the main process only, with the unwrapped model (not under DeepSpeed ZeRO-3, whose sharded
+  weights it cannot generate from).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from datasets import Dataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from chexreason.decoding import CompletionDecoder, GenerationSettings, stop_token_ids
+from chexreason.metrics import score
+from chexreason.model_set import ModelSet
+from chexreason.model_set_spec import is_hub_id
+from chexreason.parsing import parse_completion
+from chexreason.prompts import AnswerFormat, PromptVariant
+from chexreason.rewards import RewardFunc, get_reward
+from chexreason.training.common import grpo_rows, load_model
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from trl import GRPOTrainer
+
+logger = logging.getLogger(__name__)
+
+POLICY = "default"  # PEFT's name for the adapter loaded by from_pretrained: the policy being trained
+REFERENCE = "ref"  # TRL's frozen copy of it, the KL reference
+ADAPTER_CONFIG = "adapter_config.json"
+BEST_ADAPTER = "best_adapter"
+BEST_JSON = "best.json"
+VALIDATION_JSON = "grpo_validation.json"  # the validation history, in each checkpoint
+REWARD_STATE_JSON = "reward_state_rank{rank}.json"  # stateful rewards, per process, in each checkpoint
+FAIL_RATE = "fail_rate"  # the logged metric: share of unparseable completions in a batch
+
+
+# ---------------------------------------------------------------------------------------------- policy
+
+
+def load_policy(model_args: Any, sft_adapter: str | Path) -> tuple[PeftModel, Any]:
+    """The base model (`chexreason.training.load_model`) with the SFT adapter loaded *trainable*, and the processor.
+
+    Passed to `GRPOTrainer` without a ``peft_config``, this makes TRL keep a frozen copy of the SFT adapter as
+    the KL reference (see the module docstring).
+    """
+    from peft import PeftModel
+
+    folder = Path(sft_adapter)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise FileNotFoundError(f"no SFT adapter at {folder}; train it with `python -m train.sft` (or set sft_recipe)")
+    reference = str(model_args.model_name_or_path)
+    if not Path(reference).exists() and not is_hub_id(reference):
+        raise FileNotFoundError(f"model_name_or_path {reference!r} is neither a local folder nor a Hub id")
+    model, processor = load_model(model_args)
+    policy = PeftModel.from_pretrained(model, str(folder), is_trainable=True)  # adapter name: "default"
+    return policy, processor
+
+
+def completion_decoder(model: Any, processor: Any) -> CompletionDecoder:
+    """The decoder evaluation uses: cut at the first stop token, keep the protocol's tags."""
+    return CompletionDecoder(processor.tokenizer, stop_token_ids(model, processor.tokenizer))
+
+
+def save_policy(model: PeftModel, folder: str | Path, processor: Any | None = None) -> Path:
+    """Save the policy adapter alone (never TRL's ``"ref"`` copy) as a standalone PEFT adapter, and the processor."""
+    folder = Path(folder)
+    model.save_pretrained(str(folder), selected_adapters=[POLICY])
+    if processor is not None:
+        processor.save_pretrained(str(folder))
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- rewards
+
+
+class TrainerReward:
+    """One of our rewards as TRL calls it: each completion is read from its token ids (TRL's own text has lost
+    the protocol's tags when they are special tokens), and, with `log_fail_rate`, the share of unparseable
+    completions is logged as ``fail_rate``.
+
+    TRL names a reward by ``__name__``, so this keeps the wrapped reward's name (its logs stay
+    ``rewards/hard_reward/mean`` and so on). Outside a trainer (no ``completion_ids``) the given completions
+    are used as they are.
+    """
+
+    def __init__(
+        self, reward: RewardFunc, decoder: CompletionDecoder | None, protocol: str, log_fail_rate: bool = False
+    ) -> None:
+        self.reward = reward
+        self.decoder = decoder
+        self.protocol = protocol
+        self.log_fail_rate = log_fail_rate
+        self.__name__ = getattr(reward, "__name__", type(reward).__name__)
+
+    def __call__(
+        self, completions: Sequence, completion_ids: Sequence[Sequence[int]] | None = None, **kwargs
+    ) -> list[float]:
+        if completion_ids is not None and self.decoder is not None:
+            completions = [self.decoder.decode(ids) for ids in completion_ids]
+        log_metric = kwargs.get("log_metric")
+        if self.log_fail_rate and callable(log_metric) and completions:
+            failed = sum(not parse_completion(c, self.protocol).parseable for c in completions)
+            log_metric(FAIL_RATE, failed / len(completions))
+        return self.reward(completions, completion_ids=completion_ids, **kwargs)
+
+
+def build_rewards(
+    names: Sequence[str], protocol: str, length_threshold: int, length_penalty: float
+) -> dict[str, RewardFunc]:
+    """Our rewards by name (`chexreason.rewards.get_reward`), each reading outputs under `protocol`; the hard
+    reward gets the recipe's length threshold and λ_len."""
+    rewards = {}
+    for name in names:
+        options: dict[str, Any] = {"protocol": protocol}
+        if name == "hard":
+            options.update(length_threshold=length_threshold, length_penalty=length_penalty)
+        rewards[name] = get_reward(name, **options)
+    return rewards
+
+
+def trainer_rewards(
+    rewards: Mapping[str, RewardFunc], decoder: CompletionDecoder, protocol: str
+) -> list[TrainerReward]:
+    """`rewards` wrapped for TRL (`TrainerReward`); the first also logs the fail rate (once per batch)."""
+    wrapped = [TrainerReward(reward, decoder, protocol) for reward in rewards.values()]
+    wrapped[0].log_fail_rate = True
+    return wrapped
+
+
+# ------------------------------------------------------------------------------------------- callbacks
+
+
+def checkpoint_folder(args: TrainingArguments, state: TrainerState) -> Path:
+    """The folder the Trainer has just written for this step's checkpoint."""
+    return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+
+class RewardStateCallback(TrainerCallback):
+    """Saves each stateful reward's ``state_dict()`` (the nuanced reward's window) into every checkpoint and
+    restores it on resume, one file per training process (each process keeps its own window)."""
+
+    def __init__(self, rewards: Mapping[str, Any], process_index: int = 0) -> None:
+        self.rewards = {name: r for name, r in rewards.items() if hasattr(r, "state_dict")}
+        self.process_index = process_index
+
+    def _path(self, folder: Path) -> Path:
+        return folder / REWARD_STATE_JSON.format(rank=self.process_index)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if not self.rewards:
+            return
+        self.process_index = args.process_index
+        states = {name: reward.state_dict() for name, reward in self.rewards.items()}
+        self._path(checkpoint_folder(args, state)).write_text(json.dumps(states) + "\n")
+
+    def restore(self, checkpoint: str | Path | None) -> dict[str, dict]:
+        """Load the states saved in `checkpoint`; returns them (empty when there is nothing to restore)."""
+        if checkpoint is None or not self.rewards:
+            return {}
+        path = self._path(Path(checkpoint))
+        if not path.is_file():
+            logger.warning("%s has no %s: the rewards' windows start empty", checkpoint, path.name)
+            return {}
+        states = json.loads(path.read_text())
+        for name, reward in self.rewards.items():
+            if name in states:
+                reward.load_state_dict(states[name])
+                logger.info("restored the %s reward's state (%d predictions)", name, len(states[name]["window"]))
+        return states
+
+
+def validate_policy(
+    model: PeftModel,
+    processor: Any,
+    images: Sequence[Any],
+    truth: Sequence[Sequence[str]],
+    label_set: str,
+    prompt: PromptVariant,
+    max_new_tokens: int,
+    batch_size: int = 8,
+) -> dict:
+    """Score the policy adapter on `images` with greedy generation: `chexreason.metrics.score` of its labels.
+
+    Generation goes through `ModelSet.generate_batch` on the live model, naming the policy adapter per row (PEFT's
+    mixed-batch path), so the result does not depend on which adapter TRL left active. `processor` must pad on
+    the left. The model's training mode is restored afterwards.
+    """
+    policy = ModelSet.from_model(model, processor, checkpoint="policy", prompt=prompt.key, adapter=POLICY)
+    was_training = model.training
+    model.eval()  # PEFT refuses per-row adapters in training mode; no dropout when scoring
+    try:
+        texts = policy.generate_batch(
+            list(images), batch_size=batch_size, progress=False, settings=GenerationSettings(max_new_tokens)
+        )
+    finally:
+        model.train(was_training)
+    parsed = [parse_completion(row[0], prompt.protocol) for row in texts]
+    return score(list(truth), [p.labels if p.parseable else None for p in parsed], label_set)
+
+
+@dataclass
+class ValidationSet:
+    """What the best-checkpoint callback scores: images, their true labels, the label set and the prompt."""
+
+    images: list
+    truth: list[list[str]]
+    label_set: str
+    prompt: PromptVariant
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, prompt: PromptVariant, limit: int) -> ValidationSet:
+        rows = dataset.select(range(min(limit, len(dataset))))
+        return cls(list(rows["image"]), list(rows["ground_truth"]), rows[0]["label_set"], prompt)
+
+
+class BestPolicyCallback(TrainerCallback):
+    """At every save, scores the policy on a validation set and keeps the adapter with the best macro-F1.
+
+    Writes ``<output_dir>/best_adapter`` (the adapter, the processor and ``best.json`` with the step and the
+    scores) and the validation history into each checkpoint (``grpo_validation.json``), from which `restore`
+    picks it up on resume. Runs on the main process only.
+    """
+
+    def __init__(
+        self, validation: ValidationSet, processor: Any, output_dir: str | Path, max_new_tokens: int, batch_size: int
+    ) -> None:
+        self.validation = validation
+        self.processor = copy.deepcopy(processor)  # left padding for generation, without touching the trainer's
+        self.processor.tokenizer.padding_side = "left"
+        self.best_dir = Path(output_dir) / BEST_ADAPTER
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.history: list[dict] = []
+
+    @property
+    def best(self) -> dict | None:
+        """The best validation so far (highest macro-F1, the earliest on ties)."""
+        return max(self.history, key=lambda entry: entry["macro_f1"], default=None)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if not state.is_world_process_zero:
+            return
+        model = kwargs["model"]
+        v = self.validation
+        result = validate_policy(
+            model, self.processor, v.images, v.truth, v.label_set, v.prompt, self.max_new_tokens, self.batch_size
+        )
+        entry = {"step": state.global_step, **{k: result[k] for k in _SUMMARY}}
+        previous = self.best
+        self.history.append(entry)
+        logger.info(
+            "validation at step %d: macro-F1 %.3f, micro-F1 %.3f, fail rate %.3f",
+            entry["step"],
+            entry["macro_f1"],
+            entry["micro_f1"],
+            entry["fail_rate"],
+        )
+        if previous is None or entry["macro_f1"] > previous["macro_f1"]:
+            save_policy(model, self.best_dir, self.processor)
+            best = {**entry, "per_label": result["per_label"], "label_set": v.label_set, "n": result["n"]}
+            (self.best_dir / BEST_JSON).write_text(json.dumps(best, indent=1) + "\n")
+            logger.info("new best policy (macro-F1 %.3f) saved to %s", entry["macro_f1"], self.best_dir)
+        (checkpoint_folder(args, state) / VALIDATION_JSON).write_text(json.dumps(self.history, indent=1) + "\n")
+
+    def restore(self, checkpoint: str | Path | None) -> list[dict]:
+        """Restore the validation history saved in `checkpoint` and return it.
+
+        A checkpoint written just before a run stopped may lack it (the validation runs after the checkpoint is
+        written): the best so far is then read back from ``best_adapter/best.json``, so a worse later policy
+        cannot replace it.
+        """
+        self.history = []
+        if checkpoint is None:
+            return self.history
+        path, best = Path(checkpoint) / VALIDATION_JSON, self.best_dir / BEST_JSON
+        if path.is_file():
+            self.history = json.loads(path.read_text())
+        elif best.is_file():
+            entry = json.loads(best.read_text())
+            self.history = [{key: entry[key] for key in ("step", *_SUMMARY)}]
+            logger.warning(
+                "%s has no %s: starting from the best so far, step %d", checkpoint, path.name, entry["step"]
+            )
+        return self.history
+
+
+_SUMMARY = ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1", "fail_rate")
+
+
+# ----------------------------------------------------------------------------------------------- a run
+
+
+@dataclass
+class GRPORun:
+    """A GRPO trainer with its rewards and callbacks, ready to train, resume and save."""
+
+    trainer: GRPOTrainer
+    processor: Any
+    rewards: dict[str, RewardFunc]
+    reward_state: RewardStateCallback
+    best_policy: BestPolicyCallback | None
+
+    @property
+    def policy(self) -> PeftModel:
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+    def train(self, resume_from_checkpoint: str | None = None) -> None:
+        """Train, resuming from `resume_from_checkpoint` (weights, optimizer, rewards' windows, validations)."""
+        self.reward_state.restore(resume_from_checkpoint)
+        if self.best_policy is not None:
+            self.best_policy.restore(resume_from_checkpoint)
+        self.trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+
+    def save(self, output_dir: str | Path) -> Path:
+        """Save the final policy to ``<output_dir>/adapter`` and the logs to ``<output_dir>/grpo_log.json``."""
+        output_dir = Path(output_dir)
+        adapter = output_dir / "adapter"
+        if self.trainer.accelerator.is_main_process:
+            save_policy(self.policy, adapter, self.processor)
+            validation = self.best_policy.history if self.best_policy is not None else []
+            best = self.best_policy.best if self.best_policy is not None else None
+            log = {"log_history": self.trainer.state.log_history, "validation": validation, "best": best}
+            (output_dir / "grpo_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        return adapter
+
+
+def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], answer_format: AnswerFormat) -> GRPORun:
+    """Policy (base + trainable SFT adapter), rewards, data and callbacks → a `GRPORun`.
+
+    Args:
+        model_args: `train.configs.ModelArguments` (the base model).
+        config: `train.configs.GRPOStageConfig`.
+        built: the built datasets (`chexreason.data.build.load_built`): ``rl`` and ``sft_validation``.
+        answer_format: the SFT answer format; its prompt asks every RL and validation image.
+    """
+    from trl import GRPOTrainer
+
+    policy, processor = load_policy(model_args, config.sft_adapter)
+    protocol = answer_format.protocol
+    rewards = build_rewards(config.rewards, protocol, config.reward_length_threshold, config.reward_length_penalty)
+    reward_state = RewardStateCallback(rewards, process_index=config.process_index)
+    callbacks: list[TrainerCallback] = [reward_state]
+    best_policy = None
+    if config.validation_samples:
+        validation = ValidationSet.from_dataset(
+            built["sft_validation"], answer_format.prompt, config.validation_samples
+        )
+        best_policy = BestPolicyCallback(
+            validation,
+            processor,
+            config.output_dir,
+            max_new_tokens=config.max_completion_length,
+            batch_size=config.per_device_eval_batch_size,
+        )
+        callbacks.append(best_policy)
+    trainer = GRPOTrainer(
+        model=policy,  # a PeftModel and no peft_config: TRL's reference is a frozen copy of the SFT adapter
+        reward_funcs=trainer_rewards(rewards, completion_decoder(policy, processor), protocol),
+        args=config,
+        # TRL 1.16 takes one image per row from the `image` column (grpo_trainer.py:2402) and passes every other
+        # column (`ground_truth`) to the rewards; the prompt is the one the SFT policy was trained with.
+        train_dataset=grpo_rows(built["rl"], answer_format.prompt, config.max_train_samples),
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+    return GRPORun(trainer, processor, rewards, reward_state, best_policy)
