@@ -110,7 +110,7 @@ class ChatServer:
             time.sleep(self.delay)
             labels, problem = self._check(path, raw)
             with self._lock:
-                self.requests.append({"auth": headers.get("authorization"), "labels": labels})
+                self.requests.append({"auth": headers.get("authorization"), "labels": labels, "headers": headers})
                 if problem:
                     self.problems.append(problem)
                     return http_error(400, problem)(labels, 0)
@@ -341,6 +341,51 @@ def test_other_4xx_fails_only_that_case(server, tmp_path):
     assert report.generated == 1 and len(server.requests) == 2 and sleeps == []
 
 
+def test_a_run_level_error_cuts_a_long_backoff_short(server, tmp_path):
+    # One case is told to wait 50 s; another then gets a 401, which ends the run: the waiting worker must
+    # wake at once instead of sleeping the backoff out (the real sleep, not a recorded one).
+    def late_401(labels: list[str], n: int) -> Reply:
+        time.sleep(0.3)  # the 429 has arrived and its backoff begun
+        return http_error(401, "invalid api key")(labels, n)
+
+    server.queue(("Edema",), http_error(429, "slow down", {"Retry-After": "50"}))
+    server.queue(("Fracture",), late_401)
+    teacher = ApiTeacher(ApiTeacherConfig(server.url, MODEL, tmp_path / "cache.jsonl", max_concurrency=2))
+    start = time.monotonic()
+    with pytest.raises(TeacherError, match="401"):
+        teacher.write_all([case("a", "Edema"), case("b", "Fracture")], FMT)
+    assert time.monotonic() - start < 10
+    assert sorted(r["labels"][0] for r in server.requests) == ["Edema", "Fracture"]  # the 429 was not retried
+
+
+def test_a_redirect_is_not_followed_and_stops_the_run(server, tmp_path):
+    # A POST carrying an image must never land on a host nobody configured.
+    elsewhere = "http://127.0.0.1:9/v1/chat/completions"
+    server.default = http_error(307, "moved", {"Location": elsewhere})
+    teacher, sleeps = make_teacher(server.url, tmp_path, max_concurrency=1)
+    with pytest.raises(TeacherError, match=re.escape(f"redirected to {elsewhere}")):
+        teacher.write_all([case("a", "Edema"), case("b", "Fracture")], FMT)
+    assert len(server.requests) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("key_env", [KEY_ENV, None])
+def test_openai_environment_variables_are_ignored(server, tmp_path, monkeypatch, key_env):
+    # The openai client reads OPENAI_* variables when not told otherwise: none may redirect or add to requests.
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://bogus.invalid:1/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-api-key")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-leak")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-leak")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "X-Leak: yes\nAuthorization: Bearer sk-from-custom-headers")
+    teacher, _ = make_teacher(server.url, tmp_path, api_key_env=key_env)
+    assert teacher.write([case("a", "Edema")], FMT)[0]
+    (request,) = server.requests
+    assert request["auth"] == (f"Bearer {KEY}" if key_env else None)
+    headers = request["headers"]
+    assert not {"x-leak", "openai-organization", "openai-project"} & set(headers)
+    assert not any("leak" in value or "sk-from" in value for value in headers.values())
+
+
 # --- mismatches and garbage ---------------------------------------------------------------------------------
 
 
@@ -436,6 +481,39 @@ def test_truncated_and_corrupt_cache_lines_are_tolerated(server, tmp_path, caplo
     assert len(server.requests) == 3 and report.cached == 2
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"surplus": "an unknown key"},
+        {"attempts": "1"},  # a wrong type: strings are not coerced
+        {"labels_match": 1},
+        {"labels": "Edema"},
+        {"reasoning": " "},
+    ],
+)
+def test_an_invalid_cache_line_is_not_reused(server, tmp_path, caplog, change):
+    make_teacher(server.url, tmp_path)[0].write([case("a", "Edema")], FMT)
+    path = tmp_path / "cache.jsonl"
+    (line,) = read_cache(tmp_path)
+    path.write_text(json.dumps({**line, **change}) + "\n")
+
+    with caplog.at_level(logging.WARNING, logger=api.__name__):
+        report = make_teacher(server.url, tmp_path)[0].write_all([case("a", "Edema")], FMT)
+    assert "skipped 1 corrupt or truncated line(s)" in caplog.text
+    assert report.cached == 0 and report.generated == 1 and len(server.requests) == 2
+    assert read_cache(tmp_path)[-1]["reasoning"] == report.results[0].reasoning  # the new trace is cached
+
+
+def test_an_old_cache_line_without_labels_is_reused(server, tmp_path):
+    make_teacher(server.url, tmp_path)[0].write([case("a", "Edema")], FMT)
+    path = tmp_path / "cache.jsonl"
+    (line,) = read_cache(tmp_path)
+    del line["labels"], line["response"]
+    path.write_text(json.dumps(line) + "\n")
+    report = make_teacher(server.url, tmp_path)[0].write_all([case("a", "Edema")], FMT)
+    assert report.cached == 1 and len(server.requests) == 1
+
+
 # --- data use agreements ------------------------------------------------------------------------------------
 
 
@@ -443,6 +521,7 @@ def test_credentialed_images_are_refused_for_a_remote_endpoint(tmp_path, monkeyp
     def no_client(*args: object, **kwargs: object) -> None:
         raise AssertionError("an HTTP client was created: the refusal must come before any request")
 
+    monkeypatch.setattr(api, "open_client", no_client)
     monkeypatch.setattr(api.httpx, "Client", no_client)
     teacher, _ = make_teacher(GEMINI, tmp_path, api_key_env=KEY_ENV)
     with pytest.raises(TeacherError, match="data use agreements") as caught:

@@ -24,7 +24,7 @@ from trl import TrlParser
 from chexreason.data.build import build_datasets
 from chexreason.data.config import DataConfig
 from chexreason.data.readers import DatasetError
-from chexreason.teachers.api import TeacherError
+from chexreason.teachers.report import TeacherError
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -212,7 +212,7 @@ def _real_splits(config: DataConfig, report: SplitReport) -> tuple[dict[str, lis
 def make_teacher(config: DataConfig) -> Teacher:
     if config.teacher == "template":
         return TemplateTeacher()
-    from chexreason.teachers.api import ApiTeacher, ApiTeacherConfig  # only API builds need httpx
+    from chexreason.teachers.api import ApiTeacher, ApiTeacherConfig  # only API builds need the openai client
 
     return ApiTeacher(
         ApiTeacherConfig(

@@ -7,12 +7,14 @@ reason as if it read the image on its own. `ApiTeacher` does the same against an
 - every response goes through `chexreason.parsing.parse_completion`; a trace is accepted when its format
   is clean and its labels are exactly the ground truth, and asked for again (``regenerate_mismatches``)
   when not. A trace whose labels never match is kept but flagged, so the caller can drop it;
-- connection errors, timeouts, HTTP 408/429 and 5xx are retried with exponential backoff and jitter
+- requests go through the official ``openai`` client, pointed at ``base_url`` and given only what the
+  config says (no ``OPENAI_*`` environment variable reaches the request); connection errors, timeouts,
+  HTTP 408/429 and 5xx are retried with exponential backoff and jitter
   (``Retry-After`` is honoured, capped); other 4xx fail fast, and errors that concern every case (bad key,
   wrong URL or model, a redirect) or an endpoint that stays down end the run at once instead of
   spending the whole dataset on them;
-- results are appended to a JSONL cache as soon as each case is done, so an interrupted run resumes
-  where it stopped and no case is paid for twice;
+- results are appended to a JSONL cache (`chexreason.teachers.cache`) as soon as each case is done, so
+  an interrupted run resumes where it stopped and no case is paid for twice;
 - images under a credentialed-access agreement (MIMIC-CXR, CheXpert) are refused for any endpoint that is
   not this machine's loopback, unless the caller explicitly acknowledges otherwise.
 
@@ -22,34 +24,47 @@ and redacted from every error message.
 
 from __future__ import annotations
 
-import base64
 import email.utils
-import io
-import ipaddress
-import json
 import logging
 import math
 import os
 import random
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image
+import openai
+from openai import OpenAI
 from tqdm.auto import tqdm
 
-from chexreason.images import to_grayscale
 from chexreason.labels import CHEXPERT_LABELS, in_canonical_order
 from chexreason.parsing import OUTSIDE_TEXT, ParsedCompletion, completion_text, parse_completion
 from chexreason.prompts import AnswerFormat
 from chexreason.teachers.base import TeacherCase
+from chexreason.teachers.cache import CacheKey, CacheLine, CacheWriter, cache_key, read_cache
+from chexreason.teachers.endpoint import ApiTeacherConfig, is_local_endpoint, open_client
+from chexreason.teachers.messages import FINDINGS_PREFIX, system_prompt, teacher_messages
+from chexreason.teachers.report import CaseResult, TeacherError, TeacherReport
+
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_MAX_S",
+    "FINDINGS_PREFIX",
+    "ApiTeacher",
+    "ApiTeacherConfig",
+    "CacheKey",
+    "CaseResult",
+    "TeacherError",
+    "TeacherReport",
+    "is_local_endpoint",
+    "system_prompt",
+    "teacher_messages",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,278 +78,6 @@ _RETRYABLE_STATUSES = frozenset({408, 429})
 _FATAL_STATUSES = frozenset({401, 403, 404, 405})
 # The most server error text repeated in a message.
 _MAX_ERROR_CHARS = 500
-# The user-message line the ground truth is given on (the test server reads it back).
-FINDINGS_PREFIX = "Findings present: "
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class TeacherError(RuntimeError):
-    """A teacher could not do its job; the message says why and what to do.
-
-    Attributes:
-        report: the per-case report, when the run finished but some cases failed (`ApiTeacher.write`).
-    """
-
-    def __init__(self, message: str, report: TeacherReport | None = None) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-def is_local_endpoint(url: str) -> bool:
-    """True when the URL's host is this machine's loopback: ``localhost``, 127.0.0.0/8 or ``::1``.
-
-    Decided from the URL text alone, resolving nothing, so that a refusal can never itself reach the
-    network. Deliberately strict: ``0.0.0.0`` (the *unspecified* address: a listen address, which some
-    systems but not all route to this machine), private addresses such as 10.0.0.5 (another machine, even
-    on your own network) and names that merely look local (``foo.localhost``, ``127.0.0.1.nip.io``) are not
-    local.
-
-    >>> [is_local_endpoint(u) for u in ("http://localhost:8000/v1", "http://127.1.2.3/v1", "http://[::1]:11434/v1")]
-    [True, True, True]
-    >>> [is_local_endpoint(u) for u in ("http://0.0.0.0:8000/v1", "http://10.0.0.5/v1", "https://example.com/v1")]
-    [False, False, False]
-    """
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-@dataclass(frozen=True)
-class ApiTeacherConfig:
-    """Where to send requests and how hard to try.
-
-    Attributes:
-        base_url: the API root, e.g. ``http://localhost:8000/v1`` (vLLM), ``http://localhost:11434/v1``
-            (Ollama) or ``https://generativelanguage.googleapis.com/v1beta/openai`` (Gemini).
-        model: the model name the server expects.
-        cache_path: the JSONL cache (created on first use). One file may hold several models and formats.
-        api_key_env: the *name* of the environment variable holding the key; None, or a variable that is
-            unset, sends no Authorization header (local servers).
-        max_concurrency: requests in flight at once.
-        max_retries: retries of one request after a connection error, timeout, 408, 429 or 5xx.
-        timeout_s: seconds allowed for each HTTP request (connect, write, read).
-        temperature: sampling temperature; keep it above 0 if mismatches are to be regenerated.
-        max_tokens: the most tokens the teacher may write per trace.
-        regenerate_mismatches: extra attempts when a trace is malformed or its labels are not the ground truth.
-        max_image_side: images larger than this on either side are downscaled (aspect kept) before sending:
-            the served models resize far below chest X-ray resolution anyway, and a full-size PNG can exceed
-            request-size limits. None sends the image as is.
-        allow_credentialed_remote: acknowledge that credentialed images (MIMIC-CXR, CheXpert) may go to a
-            non-local endpoint. Their data use agreements forbid third-party online services; set this only
-            for a server under your own control that the agreement covers.
-    """
-
-    base_url: str
-    model: str
-    cache_path: Path | str
-    api_key_env: str | None = None
-    max_concurrency: int = 4
-    max_retries: int = 5
-    timeout_s: float = 60.0
-    temperature: float = 0.7
-    max_tokens: int = 1024
-    regenerate_mismatches: int = 1
-    max_image_side: int | None = 1024
-    allow_credentialed_remote: bool = False
-
-    def __post_init__(self) -> None:
-        _check_base_url(self.base_url)
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError("model must be a non-empty model name, e.g. 'gemini-2.5-flash'")
-        if not isinstance(self.cache_path, (str, Path)) or not str(self.cache_path):
-            raise ValueError("cache_path must be the path of a JSONL file")
-        object.__setattr__(self, "cache_path", Path(self.cache_path))
-        if self.api_key_env is not None and not (
-            isinstance(self.api_key_env, str) and _ENV_NAME.fullmatch(self.api_key_env)
-        ):
-            # Not echoed: a key pasted here by mistake must not end up in a log.
-            raise ValueError(
-                "api_key_env must be the NAME of an environment variable holding the key (e.g. GEMINI_API_KEY), "
-                "not the key itself"
-            )
-        _check_int("max_concurrency", self.max_concurrency, 1)
-        _check_int("max_retries", self.max_retries, 0)
-        _check_int("max_tokens", self.max_tokens, 1)
-        _check_int("regenerate_mismatches", self.regenerate_mismatches, 0)
-        if self.max_image_side is not None:
-            _check_int("max_image_side", self.max_image_side, 64)
-        _check_number("timeout_s", self.timeout_s, low=0.0, low_inclusive=False)
-        _check_number("temperature", self.temperature, low=0.0, high=2.0)
-        if not isinstance(self.allow_credentialed_remote, bool):
-            raise ValueError("allow_credentialed_remote must be True or False")
-
-
-def _check_base_url(url: object) -> None:
-    """base_url must be a plain http(s) URL: no credentials or query string, which would leak into errors."""
-    if not isinstance(url, str):
-        raise ValueError(f"base_url must be a string, got {type(url).__name__}")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as error:
-        raise ValueError(f"base_url {url!r} is not a valid URL: {error}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"base_url must be an http:// or https:// URL with a host, e.g. http://localhost:8000/v1; got {url!r}"
-        )
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-        raise ValueError(
-            "base_url must not carry credentials, a query string or a fragment; put the API key in the "
-            "environment variable named by api_key_env"
-        )
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: object, low: float, high: float | None = None, low_inclusive: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value <= high)
-    if not ok:
-        bounds = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
-        raise ValueError(f"{name} must be a number {bounds}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """What the teacher produced for one case.
-
-    Attributes:
-        id: the case id.
-        reasoning: the trace's reasoning (the ``<think>`` text); None when the case failed.
-        labels_match: the trace's labels are exactly the ground truth. False for a kept mismatch (the
-            reasoning argues for other findings: drop it from SFT data) and for a failure.
-        attempts: chat completions received for this case (paid for), retries of failed requests excluded.
-        cached: read from the cache, not requested in this run.
-        error: why the case failed, or why its last attempt was rejected; None when the trace was accepted.
-        response: the raw text of the kept response (what the cache stores), for inspection.
-    """
-
-    id: str
-    reasoning: str | None
-    labels_match: bool
-    attempts: int
-    cached: bool = False
-    error: str | None = None
-    response: str | None = field(default=None, repr=False)
-
-    @property
-    def failed(self) -> bool:
-        return self.reasoning is None
-
-
-@dataclass(frozen=True)
-class TeacherReport:
-    """Per-case results of one run, in the order of the cases given, and the counts a caller checks.
-
-    ``requested == cached + generated + failed``; ``mismatched`` counts cached and generated traces alike.
-    """
-
-    results: tuple[CaseResult, ...]
-
-    @property
-    def requested(self) -> int:
-        return len(self.results)
-
-    @property
-    def cached(self) -> int:
-        return sum(r.cached for r in self.results)
-
-    @property
-    def generated(self) -> int:
-        return sum(not r.cached and not r.failed for r in self.results)
-
-    @property
-    def mismatched(self) -> int:
-        return len(self.mismatched_ids)
-
-    @property
-    def failed(self) -> int:
-        return len(self.failed_ids)
-
-    @property
-    def failed_ids(self) -> list[str]:
-        return [r.id for r in self.results if r.failed]
-
-    @property
-    def mismatched_ids(self) -> list[str]:
-        return [r.id for r in self.results if not r.failed and not r.labels_match]
-
-    @property
-    def reasonings(self) -> list[str | None]:
-        return [r.reasoning for r in self.results]
-
-    def summary(self) -> str:
-        return (
-            f"{self.requested} cases: {self.cached} cached, {self.generated} generated, "
-            f"{self.mismatched} with mismatched labels, {self.failed} failed"
-        )
-
-
-def system_prompt(answer_format: AnswerFormat) -> str:
-    """The teacher's instructions for one answer format (the same for every case, so servers can cache it)."""
-    if answer_format.trace_style is None:
-        raise ValueError(
-            f"answer format {answer_format.key!r} has no reasoning: there is nothing for a teacher to write"
-        )
-    return "\n\n".join(
-        (
-            "You are an expert chest radiologist writing the reasoning part of a training example for a model "
-            "that learns to read chest X-rays.",
-            "You are shown a chest X-ray together with its correct CheXpert findings. Write the reasoning a "
-            "radiologist would write when reading this image independently: describe the image evidence and "
-            "reason from it towards exactly the findings given, no more and no fewer.",
-            "Write as if you reached the conclusion yourself from the image. Never mention that the findings "
-            "were given to you, and never refer to labels, a reference reading, a ground truth or an answer key.",
-            f"Reasoning style: {answer_format.trace_style}",
-            "The CheXpert findings are: " + ", ".join(CHEXPERT_LABELS) + ". No Finding means that none of the "
-            "others is present.",
-            "Output exactly <think>your reasoning</think><solution>Label, Label</solution>: the reasoning, then "
-            "the findings given, comma-separated, spelled as given. Write nothing before, between or after the "
-            "two blocks.",
-        )
-    )
-
-
-def teacher_messages(
-    case: TeacherCase, answer_format: AnswerFormat, max_image_side: int | None = 1024
-) -> list[dict[str, Any]]:
-    """The chat messages for one case: the instructions, then the image and its ground-truth findings."""
-    if case.image is None:
-        raise ValueError(f"case {case.id!r} has no image: the API teacher must be shown the image")
-    lines = [FINDINGS_PREFIX + ", ".join(in_canonical_order(case.labels))]
-    if case.view:
-        lines.append(f"View: {case.view}")
-    lines.append("Write the reasoning and the solution for this image.")
-    image_url = "data:image/png;base64," + _png_base64(case.image, max_image_side)
-    user = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": "\n".join(lines)}]
-    return [{"role": "system", "content": system_prompt(answer_format)}, {"role": "user", "content": user}]
-
-
-def _png_base64(image: Image.Image, max_side: int | None) -> str:
-    """PNG-encode an image (greyscale unless it is RGB) at no more than max_side pixels a side."""
-    if image.mode not in ("L", "RGB"):
-        image = to_grayscale(image)
-    if max_side is not None and max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _retry_after_s(value: str | None) -> float | None:
@@ -379,6 +122,12 @@ def _message_text(response: httpx.Response) -> str:
     return completion_text(message)
 
 
+def _connection_problem(error: openai.APIConnectionError) -> str:
+    """The transport error under the client's generic "Connection error." (e.g. ``ConnectError: …``)."""
+    cause = error.__cause__ or error
+    return f"{type(cause).__name__}: {cause}"
+
+
 class _CaseFailed(Exception):
     """One case got an HTTP error it cannot get past (a 4xx, or retries exhausted)."""
 
@@ -391,19 +140,24 @@ class _CaseFailed(Exception):
 class _Run:
     """The state one `ApiTeacher.write_all` call shares between its worker threads."""
 
-    client: httpx.Client
+    client: OpenAI
     url: str
     secret: str | None
     answer_format: AnswerFormat
-    cache_file: IO[str]
+    cache: CacheWriter
     abort_after: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     abort: threading.Event = field(default_factory=threading.Event)
     abort_reason: str = ""
     consecutive_failures: int = 0
 
+    @property
+    def headers(self) -> dict[str, Any]:
+        """The Authorization header of every request: the configured key, or none at all."""
+        return {"Authorization": f"Bearer {self.secret}" if self.secret else openai.omit}
+
     def stop(self, reason: str) -> TeacherError:
-        """Make every worker stop before its next request, and return the error to raise."""
+        """Make every worker stop before its next request (and wake from a backoff); return the error to raise."""
         with self.lock:
             if not self.abort.is_set():
                 self.abort_reason = reason
@@ -430,9 +184,6 @@ class _Run:
                 f"the endpoint {self.url} kept failing: {n} cases in a row failed with no completion between "
                 f"(last: {error}). Completed cases are cached; fix the problem and run again to resume."
             )
-
-
-CacheKey = tuple[str, str, str]
 
 
 class ApiTeacher:
@@ -482,13 +233,13 @@ class ApiTeacher:
         """
         system_prompt(answer_format)  # fails early for a format without reasoning
         _check_cases(cases)
-        cache, corrupt = _read_cache(self.config.cache_path)
-        if corrupt:
+        cache, unusable = read_cache(self.config.cache_path)
+        if unusable:
             logger.warning(
-                "%s: skipped %d corrupt or truncated line(s) in %s (an interrupted run leaves one); "
-                "those cases are requested again",
+                "%s: skipped %d corrupt or truncated line(s) in %s (an interrupted run leaves one; so does a line "
+                "with an unknown key or a wrong type); those cases are requested again",
                 self.name,
-                corrupt,
+                unusable,
                 self.config.cache_path,
             )
         results: dict[str, CaseResult] = {}
@@ -516,22 +267,17 @@ class ApiTeacher:
         return report
 
     def _key(self, case: TeacherCase, answer_format: AnswerFormat) -> CacheKey:
-        return (case.id, answer_format.key, self.config.model)
+        return cache_key(case.id, answer_format.key, self.config.model)
 
     def _cached(
-        self, cache: dict[CacheKey, dict], case: TeacherCase, answer_format: AnswerFormat
+        self, cache: dict[CacheKey, CacheLine], case: TeacherCase, answer_format: AnswerFormat
     ) -> CaseResult | None:
         """The cached result for a case, unless absent or written for other ground-truth labels."""
-        entry = cache.get(self._key(case, answer_format))
-        if entry is None or ("labels" in entry and set(entry["labels"]) != set(case.labels)):
+        line = cache.get(self._key(case, answer_format))
+        if line is None or not line.written_for(case.labels):
             return None
         return CaseResult(
-            case.id,
-            entry["reasoning"],
-            entry["labels_match"],
-            entry["attempts"],
-            cached=True,
-            response=entry.get("response"),
+            case.id, line.reasoning, line.labels_match, line.attempts, cached=True, response=line.response
         )
 
     def _check_data_use(self, cases: Sequence[TeacherCase]) -> None:
@@ -562,19 +308,10 @@ class ApiTeacher:
         secret = (os.environ.get(cfg.api_key_env) or None) if cfg.api_key_env else None
         if cfg.api_key_env and secret is None:
             logger.info("%s: environment variable %s is not set; sending no API key", self.name, cfg.api_key_env)
-        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
-        limits = httpx.Limits(max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency)
-        cfg.cache_path.parent.mkdir(parents=True, exist_ok=True)
         results: dict[str, CaseResult] = {}
         with (
-            # A proxy from the environment has no business relaying requests meant for this machine.
-            httpx.Client(
-                headers=headers,
-                timeout=cfg.timeout_s,
-                limits=limits,
-                trust_env=not is_local_endpoint(cfg.base_url),
-            ) as client,
-            _open_for_append(cfg.cache_path) as cache_file,
+            open_client(cfg) as client,
+            CacheWriter(cfg.cache_path) as cache,
             tqdm(total=len(cases), desc=self.name, unit="case") as bar,
         ):
             run = _Run(
@@ -582,7 +319,7 @@ class ApiTeacher:
                 url=cfg.base_url.rstrip("/") + "/chat/completions",
                 secret=secret,
                 answer_format=answer_format,
-                cache_file=cache_file,
+                cache=cache,
                 abort_after=cfg.max_concurrency + 2,
             )
             pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="api-teacher")
@@ -596,7 +333,8 @@ class ApiTeacher:
                     bar.update(1)
                     bar.set_postfix(failed=sum(r.failed for r in results.values()), refresh=False)
             except BaseException:
-                # Ctrl-C or a run-level error: queued cases are dropped, in-flight ones finish and are cached.
+                # Ctrl-C or a run-level error: queued cases are dropped, in-flight ones finish and are cached,
+                # and workers waiting out a backoff wake at once (they wait on run.abort).
                 run.abort.set()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -651,29 +389,26 @@ class ApiTeacher:
         return CaseResult(case.id, parsed.reasoning, False, attempts, error=error, response=text)
 
     def _chat(self, run: _Run, payload: dict[str, Any]) -> str:
-        """POST one chat completion, retrying what is worth retrying; return the message text."""
+        """POST one chat completion, retrying what is worth retrying; return the message text.
+
+        The retry loop is ours, the client's is off (``max_retries=0``): openai's own retry
+        (``_base_client.py: SyncAPIClient.request``) waits in ``_sleep_for_retry`` with ``time.sleep``, which
+        the run-wide stop cannot cut short, and ``_should_retry`` gives up on a ``Retry-After`` above two
+        minutes instead of capping it.
+        """
         retries = self.config.max_retries
         for retry in range(retries + 1):
             run.check()
             try:
-                response = run.client.post(run.url, json=payload)
-            except httpx.TransportError as error:
-                problem, wait = _redact(f"{type(error).__name__}: {error}", run.secret), None
+                response = run.client.chat.completions.with_raw_response.create(**payload, extra_headers=run.headers)
+            except openai.APIStatusError as error:  # any non-2xx status, 3xx included (redirects are not followed)
+                problem = self._status_problem(run, error.response)
+                wait = _retry_after_s(error.response.headers.get("Retry-After"))
+            except openai.APIConnectionError as error:  # APITimeoutError included
+                problem, wait = _redact(_connection_problem(error), run.secret), None
             else:
-                status = response.status_code
-                if response.is_success:
-                    run.note_completion()
-                    return _message_text(response)
-                problem = f"HTTP {status} from {run.url}: {_error_text(response, run.secret)}"
-                if status in _FATAL_STATUSES or 300 <= status < 400:
-                    if "Location" in response.headers:
-                        problem += f" (redirected to {response.headers['Location']}; set base_url to that address)"
-                    raise run.stop(
-                        f"{self.name}: {problem}. This concerns every request: check base_url, model and the API key."
-                    )
-                if status not in _RETRYABLE_STATUSES and status < 500:
-                    raise _CaseFailed(problem)
-                wait = _retry_after_s(response.headers.get("Retry-After"))
+                run.note_completion()
+                return _message_text(response.http_response)
             if retry == retries:
                 raise _CaseFailed(f"gave up after {retries + 1} attempts: {problem}")
             if wait is None:
@@ -685,22 +420,33 @@ class ApiTeacher:
                 self._sleep(wait)
         raise AssertionError("unreachable")
 
+    def _status_problem(self, run: _Run, response: httpx.Response) -> str:
+        """What an error status means: raised unless it is worth retrying, else returned as the problem text."""
+        status = response.status_code
+        problem = f"HTTP {status} from {run.url}: {_error_text(response, run.secret)}"
+        if status in _FATAL_STATUSES or 300 <= status < 400:
+            if "Location" in response.headers:
+                problem += f" (redirected to {response.headers['Location']}; set base_url to that address)"
+            raise run.stop(
+                f"{self.name}: {problem}. This concerns every request: check base_url, model and the API key."
+            )
+        if status not in _RETRYABLE_STATUSES and status < 500:
+            raise _CaseFailed(problem)
+        return problem
+
     def _append(self, run: _Run, case: TeacherCase, result: CaseResult) -> None:
-        """Append one finished case to the cache and flush, so an interruption cannot lose it."""
-        line = {
-            "id": case.id,
-            "format": run.answer_format.key,
-            "model": self.config.model,
-            "labels": list(in_canonical_order(case.labels)),
-            "reasoning": result.reasoning,
-            "labels_match": result.labels_match,
-            "attempts": result.attempts,
-            "response": result.response,
-        }
-        text = json.dumps(line, ensure_ascii=False) + "\n"
-        with run.lock:
-            run.cache_file.write(text)
-            run.cache_file.flush()
+        """Append one finished case to the cache (flushed at once, so an interruption cannot lose it)."""
+        line = CacheLine(
+            id=case.id,
+            format=run.answer_format.key,
+            model=self.config.model,
+            labels=list(in_canonical_order(case.labels)),
+            reasoning=result.reasoning or "",
+            labels_match=result.labels_match,
+            attempts=result.attempts,
+            response=result.response,
+        )
+        run.cache.append(line)
 
 
 def _is_clean(parsed: ParsedCompletion) -> bool:
@@ -735,56 +481,3 @@ def _check_cases(cases: Sequence[TeacherCase]) -> None:
         unknown = [label for label in case.labels if label not in CHEXPERT_LABELS]
         if unknown:
             raise ValueError(f"case {case.id!r}: not CheXpert label names: {unknown}")
-
-
-def _open_for_append(path: Path) -> IO[str]:
-    """Open the cache for appending, first ending a truncated last line so the next record starts clean."""
-    if path.exists() and path.stat().st_size:
-        with path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            complete = handle.read(1) == b"\n"
-        if not complete:
-            with path.open("ab") as handle:
-                handle.write(b"\n")
-    return path.open("a", encoding="utf-8", newline="\n")
-
-
-def _read_cache(path: Path) -> tuple[dict[CacheKey, dict], int]:
-    """Cached entries by (id, format, model), the last line winning; and the number of unreadable lines."""
-    if not path.exists():
-        return {}, 0
-    entries: dict[CacheKey, dict] = {}
-    corrupt = 0
-    for raw in path.read_bytes().split(b"\n"):
-        if not raw.strip():
-            continue
-        entry = _cache_entry(raw)
-        if entry is None:
-            corrupt += 1
-        else:
-            entries[(entry["id"], entry["format"], entry["model"])] = entry
-    return entries, corrupt
-
-
-def _cache_entry(raw: bytes) -> dict | None:
-    """One cache line as a dict, or None when it is truncated, not JSON or not shaped like a record."""
-    try:
-        entry = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(entry, dict):
-        return None
-    strings_ok = all(isinstance(entry.get(key), str) for key in ("id", "format", "model", "reasoning"))
-    attempts = entry.get("attempts")
-    labels = entry.get("labels", [])
-    shaped = (
-        strings_ok
-        and bool(entry["reasoning"].strip())
-        and isinstance(entry.get("labels_match"), bool)
-        and isinstance(attempts, int)
-        and not isinstance(attempts, bool)
-        and isinstance(labels, list)
-        and all(isinstance(label, str) for label in labels)
-        and isinstance(entry.get("response"), (str, type(None)))
-    )
-    return entry if shaped else None
