@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from chexreason.prompts import get_prompt
 
@@ -49,8 +50,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # also a valid PEFT adapter name (no dots)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_SET_KEYS = {"name", "description", "checkpoints", "min_pixels", "max_pixels"}
-_CHECKPOINT_KEYS = {"name", "title", "model", "revision", "adapter", "adapter_revision", "prompt"}
 
 
 class ModelSetError(ValueError):
@@ -162,35 +161,113 @@ def read_model_set(path_or_name: str | Path, check_paths: bool = True) -> ModelS
     return _spec_from_mapping(data, path, check_paths)
 
 
+class _CheckpointEntry(BaseModel):
+    """One entry of ``checkpoints:`` as written (strict: ``revision: 123456`` is a number, not a string)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=rf"^(?:{_NAME.pattern})$")  # pydantic searches: anchor the full match
+    model: str
+    title: str | None = None
+    revision: str | None = None
+    adapter: str | None = None
+    adapter_revision: str | None = None
+    prompt: str = DEFAULT_PROMPT
+
+    @field_validator("model", "adapter")
+    @classmethod
+    def _not_blank(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(f"'{info.field_name}' must be a non-empty string, got {value!r}")
+        return value if value is None else value.strip()
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_prompt(cls, value: str) -> str:
+        get_prompt(value)  # its ValueError names the known prompts
+        return value
+
+
+class _ModelSetFile(BaseModel):
+    """A model-set file as written."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    checkpoints: list[_CheckpointEntry] = Field(min_length=MIN_CHECKPOINTS, max_length=MAX_CHECKPOINTS)
+    name: str | None = None
+    description: str | None = None
+    min_pixels: int | None = None  # Qwen2.5-VL: the image pixel bounds its checkpoints were trained with
+    max_pixels: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _ModelSetFile:
+        names = [c.name for c in self.checkpoints]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate checkpoint names {duplicates}; names must be unique")
+        bounds = (self.min_pixels, self.max_pixels)
+        if bounds != (None, None) and not (None not in bounds and 0 < bounds[0] <= bounds[1]):  # type: ignore[operator]
+            raise ValueError("min_pixels and max_pixels go together, as positive integers with min <= max")
+        return self
+
+
 def _spec_from_mapping(data: Any, path: Path, check_paths: bool) -> ModelSetSpec:
+    try:
+        written = _ModelSetFile.model_validate(data)
+    except ValidationError as err:
+        raise ModelSetError(f"{path}: " + "; ".join(_messages(err, data))) from None
     where = str(path)
-    if not isinstance(data, Mapping):
-        raise ModelSetError(f"{where}: a model set must be a mapping with a 'checkpoints' list")
-    _reject_unknown_keys(data, _SET_KEYS, where)
-    entries = data.get("checkpoints")
-    if not isinstance(entries, list):
-        raise ModelSetError(f"{where}: 'checkpoints' must be a list of {MIN_CHECKPOINTS} to {MAX_CHECKPOINTS} entries")
-    if not MIN_CHECKPOINTS <= len(entries) <= MAX_CHECKPOINTS:
-        raise ModelSetError(
-            f"{where}: a model set compares {MIN_CHECKPOINTS} to {MAX_CHECKPOINTS} checkpoints, found {len(entries)}"
-        )
-    checkpoints = tuple(
-        _checkpoint_from_mapping(entry, i, path.parent, where, check_paths) for i, entry in enumerate(entries)
+    checkpoints = tuple(_checkpoint_spec(entry, path.parent, where, check_paths) for entry in written.checkpoints)
+    name = (
+        written.name if written.name is not None else path.stem if path.name != "model_set.yaml" else path.parent.name
     )
-    names = [c.name for c in checkpoints]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ModelSetError(f"{where}: duplicate checkpoint names {duplicates}; names must be unique")
-    name = data.get("name", path.stem if path.name != "model_set.yaml" else path.parent.name)
-    description = data.get("description") or ""
-    if not isinstance(name, str) or not isinstance(description, str):
-        raise ModelSetError(f"{where}: 'name' and 'description' must be strings")
-    bounds = (data.get("min_pixels"), data.get("max_pixels"))
-    if bounds != (None, None) and not (
-        all(isinstance(b, int) and b > 0 for b in bounds) and bounds[0] <= bounds[1]  # type: ignore[operator]
-    ):
-        raise ModelSetError(f"{where}: min_pixels and max_pixels go together, as positive integers with min <= max")
-    return ModelSetSpec(name, checkpoints, description, path.resolve(), *bounds)
+    return ModelSetSpec(
+        name, checkpoints, written.description or "", path.resolve(), written.min_pixels, written.max_pixels
+    )
+
+
+def _messages(error: ValidationError, data: Any) -> list[str]:
+    """pydantic's errors in this file's terms: which checkpoint, which key, and what to write instead."""
+    messages: list[str] = []
+    unknown: dict[str, list[str]] = {}  # where -> unknown keys, reported together
+    for item in error.errors():
+        loc, kind = item["loc"], item["type"]
+        where, key = "", loc[0] if loc else None
+        if loc[:1] == ("checkpoints",) and len(loc) > 1 and isinstance(loc[1], int):
+            entry = data["checkpoints"][loc[1]]
+            name = entry.get("name") if isinstance(entry, Mapping) else None
+            valid_name = isinstance(name, str) and _NAME.fullmatch(name)
+            where = f"checkpoint {name!r}: " if valid_name else f"checkpoint #{loc[1] + 1} "
+            key = loc[2] if len(loc) > 2 else None
+        if kind == "extra_forbidden":
+            unknown.setdefault(where, []).append(str(loc[-1]))
+        elif not loc and kind == "model_type":
+            messages.append("a model set must be a mapping with a 'checkpoints' list")
+        elif key == "checkpoints" and kind in ("missing", "list_type"):
+            messages.append(f"'checkpoints' must be a list of {MIN_CHECKPOINTS} to {MAX_CHECKPOINTS} entries")
+        elif key == "checkpoints" and kind in ("too_short", "too_long"):
+            found = len(item["input"])
+            messages.append(f"a model set compares {MIN_CHECKPOINTS} to {MAX_CHECKPOINTS} checkpoints, found {found}")
+        elif where and key is None:
+            messages.append(f"{where.rstrip(': ')} must be a mapping with 'name' and 'model'")
+        elif key == "name" and where:
+            messages.append(f"{where}needs a 'name' of letters, digits, '_' or '-' (got {item.get('input')!r})")
+        elif key == "model" and kind == "missing":
+            messages.append(f"{where}missing 'model' (a local path or a Hub id)")
+        elif key in ("model", "adapter") and kind == "string_type":
+            messages.append(f"{where}'{key}' must be a non-empty string, got {item['input']!r}")
+        elif kind == "string_type":
+            messages.append(f"{where}'{key}' must be a string (quote commit hashes), got {item['input']!r}")
+        elif key in ("min_pixels", "max_pixels"):
+            messages.append("min_pixels and max_pixels go together, as positive integers with min <= max")
+        elif kind == "value_error":
+            messages.append(f"{where}{item['ctx']['error']}")
+        else:
+            messages.append(f"{where}{'.'.join(map(str, loc))}: {item['msg']}")
+    for where, keys in unknown.items():
+        allowed = sorted((_CheckpointEntry if where else _ModelSetFile).model_fields)
+        messages.append(f"{where}unknown key(s) {sorted(keys)}; allowed: {allowed}")  # typos such as `adaptor:`
+    return list(dict.fromkeys(messages))
 
 
 def pixel_bounds(min_pixels: int | None, max_pixels: int | None) -> dict:
@@ -209,56 +286,28 @@ def pixel_bounds(min_pixels: int | None, max_pixels: int | None) -> dict:
     return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
 
-def _checkpoint_from_mapping(entry: Any, index: int, base_dir: Path, where: str, check_paths: bool) -> CheckpointSpec:
-    if not isinstance(entry, Mapping):
-        raise ModelSetError(f"{where}: checkpoint #{index + 1} must be a mapping with 'name' and 'model'")
-    name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ModelSetError(
-            f"{where}: checkpoint #{index + 1} needs a 'name' of letters, digits, '_' or '-' (got {name!r})"
-        )
-    where = f"{where}: checkpoint {name!r}"
-    _reject_unknown_keys(entry, _CHECKPOINT_KEYS, where)
-    strings = {key: entry.get(key) for key in ("title", "revision", "adapter_revision")}
-    for key, value in strings.items():
-        if value is not None and not isinstance(value, str):
-            raise ModelSetError(f"{where}: '{key}' must be a string (quote commit hashes), got {value!r}")
-    prompt = entry.get("prompt", DEFAULT_PROMPT)
-    try:
-        get_prompt(prompt)
-    except (ValueError, TypeError) as err:
-        raise ModelSetError(f"{where}: {err}") from None
-    if "model" not in entry:
-        raise ModelSetError(f"{where}: missing 'model' (a local path or a Hub id)")
-    model = _resolve_reference(entry["model"], base_dir, "model", where, check_paths)
-    adapter = entry.get("adapter")
-    if adapter is not None:
-        adapter = _resolve_reference(adapter, base_dir, "adapter", where, check_paths)
+def _checkpoint_spec(entry: _CheckpointEntry, base_dir: Path, where: str, check_paths: bool) -> CheckpointSpec:
+    """A validated entry with its local references resolved next to the file (and checked, with `check_paths`)."""
+    where = f"{where}: checkpoint {entry.name!r}"
+    model = _resolve_reference(entry.model, base_dir, "model", where, check_paths)
+    adapter = (
+        None if entry.adapter is None else _resolve_reference(entry.adapter, base_dir, "adapter", where, check_paths)
+    )
     if check_paths:
         _check_local_files(model, adapter, where)
     return CheckpointSpec(
-        name=name,
+        name=entry.name,
         model=model,
-        prompt=prompt,
-        title=strings["title"],
-        revision=strings["revision"],
+        prompt=entry.prompt,
+        title=entry.title,
+        revision=entry.revision,
         adapter=adapter,
-        adapter_revision=strings["adapter_revision"],
+        adapter_revision=entry.adapter_revision,
     )
 
 
-def _reject_unknown_keys(data: Mapping, known: set[str], where: str) -> None:
-    """Typos such as ``adaptor:`` would otherwise silently serve the bare base model."""
-    unknown = sorted(str(key) for key in data if key not in known)
-    if unknown:
-        raise ModelSetError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-
-
-def _resolve_reference(value: Any, base_dir: Path, key: str, where: str, check_paths: bool) -> str:
+def _resolve_reference(value: str, base_dir: Path, key: str, where: str, check_paths: bool) -> str:
     """An absolute local path, or the Hub id as written."""
-    if not isinstance(value, str) or not value.strip():
-        raise ModelSetError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
-    value = value.strip()
     path = Path(value).expanduser()
     local = path if path.is_absolute() else base_dir / path
     explicitly_local = value.startswith(("/", "./", "../", "~"))

@@ -119,6 +119,19 @@ def test_bad_model_sets_are_refused_with_a_clear_error(tmp_path: Path, text: str
     assert message in str(error.value)
 
 
+def test_every_fault_of_a_file_is_named_at_once(tmp_path: Path):
+    """One round trip per typo is what makes config files painful: all of them come in one message."""
+    path = tmp_path / "set.yaml"
+    path.write_text(
+        "models: 1\ncheckpoints:\n  - {name: a, model: org/m, adaptor: x}\n  - {name: b, model: org/m, revision: 7}\n"
+    )
+    with pytest.raises(ModelSetError) as error:
+        read_model_set(path)
+    message = str(error.value)
+    assert "unknown key(s) ['models']" in message and "checkpoint 'a': unknown key(s) ['adaptor']" in message
+    assert "checkpoint 'b': 'revision' must be a string" in message
+
+
 def test_tiny_set_spec_resolves_paths_next_to_the_yaml(tiny_set: Path):
     spec = read_model_set(tiny_set)
     assert spec.name == "tiny-test" and spec.names == ("base", "sft", "grpo")
