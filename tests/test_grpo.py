@@ -310,6 +310,32 @@ def test_missing_sft_adapter_runs_the_sft_recipe_first(tmp_path, data_recipe, mo
     assert calls == [["--config", "my/sft.yaml"]]
 
 
+def test_the_recipe_chain_runs_only_what_is_missing(tmp_path, monkeypatch):
+    """train.recipe: SFT's base_recipe runs only when its model is missing, GRPO's sft_recipe only when the SFT
+    adapter is; a recipe without them runs nothing."""
+    from types import SimpleNamespace
+
+    from train import base, recipe, sft
+
+    calls = []
+    monkeypatch.setattr(base, "main", lambda argv: calls.append(("base", argv)))
+    monkeypatch.setattr(sft, "main", lambda argv: calls.append(("sft", argv)))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    recipe.ensure_base(
+        SimpleNamespace(model_name_or_path=str(tmp_path / "model")), SimpleNamespace(base_recipe="b.yaml")
+    )
+    recipe.ensure_sft(SimpleNamespace(sft_adapter=str(tmp_path / "adapter"), sft_recipe="s.yaml"))
+    assert calls == []
+    recipe.ensure_base(SimpleNamespace(model_name_or_path=str(tmp_path / "none")), SimpleNamespace(base_recipe=None))
+    recipe.ensure_base(
+        SimpleNamespace(model_name_or_path=str(tmp_path / "none")), SimpleNamespace(base_recipe="b.yaml")
+    )
+    recipe.ensure_sft(SimpleNamespace(sft_adapter=str(tmp_path / "model"), sft_recipe="s.yaml"))  # no adapter there
+    assert calls == [("base", ["--config", "b.yaml"]), ("sft", ["--config", "s.yaml"])]
+
+
 def test_export_bundles_a_loadable_evaluated_model_set(tiny, sft_adapter, data_recipe, tmp_path):
     # What the tiny recipe does at its end: base + SFT + best GRPO, logs, model_set.yaml, eval.json, model card.
     from chexreason.modeling import load_model_set
@@ -325,4 +351,5 @@ def test_export_bundles_a_loadable_evaluated_model_set(tiny, sft_adapter, data_r
     assert {r.checkpoint for r in load_results(export / "eval.json").runs} == {"base", "sft", "grpo"}
     card = (export / "README.md").read_text()
     assert "not for diagnosis" in card and "grpo − sft" in card
+    assert "python -m train.grpo --config " in card and "--max_steps 1" in card  # the command that made it
     assert (export / "logs" / "grpo_log.json").exists()

@@ -214,6 +214,10 @@ class GRPOStageConfig(GRPOConfig):
     evaluate_after: bool = field(
         default=False, metadata={"help": "After exporting, evaluate the exported set (eval.json + model card)."}
     )
+    export_description: str = field(
+        default="Base, SFT and GRPO checkpoints of a ChexReason SFT -> GRPO run.",
+        metadata={"help": "The exported model set's description (the app's About tab shows it)."},
+    )
 
     def __post_init__(self) -> None:
         def need(condition: bool, message: str) -> None:

@@ -2,14 +2,15 @@
 
     python -m train.grpo --config train/recipes/tiny/grpo.yaml      # 2-core CPU, no GPU (measured there)
 
-Starts the policy from the SFT adapter (``sft_adapter``; when it does not exist, runs ``sft_recipe`` first,
-which builds the data and, for the tiny recipe, the base model), samples 4 completions per RL prompt and
-optimises the paper's rewards with TRL's GRPOTrainer. The KL reference is a frozen copy of the SFT adapter
-(see `chexreason.training.grpo`). Writes the final policy adapter to ``<output_dir>/adapter``, the policy with the best
-validation macro-F1 (scored at every save on ``sft_validation``, greedy) to ``<output_dir>/best_adapter`` with
-``best.json``, and the training log (reward and its parts, KL, completion lengths, fail rate) with every
-validation to ``<output_dir>/grpo_log.json``. An interrupted run resumes from its last checkpoint, with the
-nuanced reward's window.
+Starts the policy from the SFT adapter (``sft_adapter``; when it does not exist, `train.recipe` runs
+``sft_recipe`` first, which builds the data and, for the tiny recipe, the base model), samples 4 completions
+per RL prompt and optimises the paper's rewards with TRL's GRPOTrainer. The KL reference is a frozen copy of
+the SFT adapter (see `chexreason.training.grpo`). Writes the final policy adapter to ``<output_dir>/adapter``,
+the policy with the best validation macro-F1 (scored at every save on ``sft_validation``, greedy) to
+``<output_dir>/best_adapter`` with ``best.json``, and the training log (reward and its parts, KL, completion
+lengths, fail rate) with every validation to ``<output_dir>/grpo_log.json``. An interrupted run resumes from
+its last checkpoint, with the nuanced reward's window. With ``export_dir`` set, `train.recipe` then bundles the
+model set there and, with ``evaluate_after``, evaluates it.
 
 Paper (MedGemma-4B, one A100): Dr. GRPO loss, no std scaling of advantages, beta 0.15 against the SFT policy,
 clipping [0.15, 0.22], token-level importance ratio, 4 completions at temperature 0.8 / top-p 0.95, the hard
@@ -38,13 +39,12 @@ from pathlib import Path
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
-from chexreason.training.export import export_model_set, write_model_card
 from chexreason.training.fused_head import score_labelled_positions_only
-from chexreason.training.grpo import ADAPTER_CONFIG, BEST_ADAPTER, build_grpo_run
+from chexreason.training.grpo import ADAPTER_CONFIG, build_grpo_run
+from train import recipe
 from train.configs import GRPOStageConfig, ModelArguments, parse_stage
 
 logger = logging.getLogger(__name__)
-COMMAND = "python -m train.grpo --config train/recipes/tiny/grpo.yaml"  # what the exported model card cites
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     for name, (ours, paper) in config.paper_departures().items():
         logger.warning("%s is %r here; the paper's is %r", name, ours, paper)
 
-    if not (Path(config.sft_adapter) / ADAPTER_CONFIG).exists() and config.sft_recipe:
-        from train import sft
-
-        sft.main(["--config", config.sft_recipe])
+    recipe.ensure_sft(config)
     with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse
         build_datasets(data)
     try:
@@ -71,34 +68,8 @@ def main(argv: list[str] | None = None) -> Path:
         sys.exit(f"train.grpo: {error}")
     run.train(resume_from_checkpoint=last_checkpoint(out))
     adapter = run.save(out)
-    if config.export_dir:
-        export(model_args, config, data.answer_format)
+    recipe.after_grpo(model_args, config, data.answer_format, sys.argv[1:] if argv is None else argv)
     return adapter
-
-
-def export(model_args: ModelArguments, config: GRPOStageConfig, prompt: str) -> None:
-    """Bundle base + SFT + best GRPO as a model set in `export_dir`, then evaluate it if asked."""
-    base = Path(model_args.model_name_or_path)
-    best = Path(config.output_dir) / BEST_ADAPTER
-    spec = export_model_set(
-        config.export_dir,
-        name=Path(config.export_dir).name,
-        description="Tiny Gemma3 (1.2 M parameters) trained by the tiny recipe on synthetic phantoms; not diagnostic.",
-        base_model=base,
-        sft_adapter=config.sft_adapter,
-        grpo_adapter=best if best.exists() else Path(config.output_dir) / "adapter",
-        prompt=prompt,
-        logs={
-            "base_log.json": base.parent / "base_log.json",
-            "sft_log.json": Path(config.sft_adapter).parent / "sft_log.json",
-            "grpo_log.json": Path(config.output_dir) / "grpo_log.json",
-        },
-    )
-    if config.evaluate_after:
-        from train import evaluate
-
-        results = evaluate.main(["--models", str(spec), "--data_config", config.data_config])
-        write_model_card(config.export_dir, results, COMMAND)
 
 
 if __name__ == "__main__":

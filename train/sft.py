@@ -24,6 +24,7 @@ from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint, load_model, lora_config, sft_rows
 from chexreason.training.fused_head import score_labelled_positions_only
+from train import recipe
 from train.configs import ModelArguments, SFTStageConfig, parse_stage
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse
         build_datasets(data)
-    if not Path(model_args.model_name_or_path).exists() and config.base_recipe:
-        from train import base
-
-        base.main(["--config", config.base_recipe])
+    recipe.ensure_base(model_args, config)
     model, processor = load_model(model_args)
     built, fmt = load_built(data.output_dir), get_answer_format(data.answer_format)
     trainer = SFTTrainer(

@@ -1,0 +1,75 @@
+"""The recipe as one chain: data → base (tiny recipe only) → SFT → GRPO → export → evaluation.
+
+Each stage command does its one job (`train.base`, `train.sft`, `train.grpo`, `train.evaluate`); what a stage
+needs and does not find is made here, by running the stage recipe its config names, so that
+
+    python -m train.grpo --config train/recipes/tiny/grpo.yaml
+
+still builds everything from nothing: GRPO's ``sft_recipe`` runs SFT, whose ``base_recipe`` runs the base stage;
+after GRPO, ``export_dir`` bundles the model set and ``evaluate_after`` scores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+from chexreason.training.export import export_model_set, write_model_card
+from chexreason.training.grpo import ADAPTER_CONFIG, BEST_ADAPTER
+from train.configs import GRPOStageConfig, ModelArguments, SFTStageConfig
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_base(model_args: ModelArguments, config: SFTStageConfig) -> None:
+    """SFT's starting model: run ``base_recipe`` when the model is not there (the tiny recipe's random model)."""
+    if not Path(model_args.model_name_or_path).exists() and config.base_recipe:
+        from train import base
+
+        logger.info("no model at %s: running %s first", model_args.model_name_or_path, config.base_recipe)
+        base.main(["--config", config.base_recipe])
+
+
+def ensure_sft(config: GRPOStageConfig) -> None:
+    """GRPO's starting adapter: run ``sft_recipe`` when the SFT adapter is not there."""
+    if not (Path(config.sft_adapter) / ADAPTER_CONFIG).exists() and config.sft_recipe:
+        from train import sft
+
+        logger.info("no SFT adapter at %s: running %s first", config.sft_adapter, config.sft_recipe)
+        sft.main(["--config", config.sft_recipe])
+
+
+def after_grpo(model_args: ModelArguments, config: GRPOStageConfig, prompt: str, command: list[str]) -> Path | None:
+    """Bundle base + SFT + best GRPO as a model set in ``export_dir``, then evaluate it if ``evaluate_after``.
+
+    Args:
+        prompt: the prompt key the checkpoints were trained with (the data recipe's answer format).
+        command: the arguments of the GRPO command that made the run, cited by the model card.
+
+    Returns the exported set's YAML, or None when the recipe exports nothing.
+    """
+    if not config.export_dir:
+        return None
+    base = Path(model_args.model_name_or_path)
+    best = Path(config.output_dir) / BEST_ADAPTER
+    spec = export_model_set(
+        config.export_dir,
+        name=Path(config.export_dir).name,
+        description=config.export_description,
+        base_model=base,
+        sft_adapter=config.sft_adapter,
+        grpo_adapter=best if best.exists() else Path(config.output_dir) / "adapter",
+        prompt=prompt,
+        logs={
+            "base_log.json": base.parent / "base_log.json",
+            "sft_log.json": Path(config.sft_adapter).parent / "sft_log.json",
+            "grpo_log.json": Path(config.output_dir) / "grpo_log.json",
+        },
+    )
+    if config.evaluate_after:
+        from train import evaluate
+
+        results = evaluate.main(["--models", str(spec), "--data_config", config.data_config])
+        write_model_card(config.export_dir, results, "python -m train.grpo " + shlex.join(command))
+    return spec
