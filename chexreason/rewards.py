@@ -9,6 +9,7 @@ callable outside a trainer. Each is built from a scalar per-sample core that reu
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -307,3 +308,16 @@ def get_reward(name: str, **options) -> RewardFunc:
     except KeyError:
         raise ValueError(f"unknown reward {name!r}; choose one of {sorted(REWARD_FACTORIES)}") from None
     return factory(**options)
+
+
+def reward_from_recipe(name: str, **recipe_options) -> RewardFunc:
+    """Build a reward by name from all of a recipe's reward options: each factory takes the ones it names (the
+    hard reward its length threshold and λ_len, every reward the protocol), so no caller special-cases a reward.
+
+    >>> reward_from_recipe("format", protocol="think_solution", length_threshold=54).__name__
+    'format_reward'
+    """
+    if name not in REWARD_FACTORIES:
+        get_reward(name)  # raises, naming the known rewards
+    accepted = inspect.signature(REWARD_FACTORIES[name]).parameters
+    return get_reward(name, **{key: value for key, value in recipe_options.items() if key in accepted})

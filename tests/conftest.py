@@ -1,16 +1,20 @@
 """Test-wide settings and shared fixtures. Nothing reaches the network."""
 
 import os
+
+# Before anything imports huggingface_hub, which reads these once, at import: offline, no telemetry, no analytics,
+# no progress bars in the tests' output.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["TQDM_DISABLE"] = "1"
+
 from pathlib import Path
 
 import pytest
 import torch
 
 from chexreason.training import LM_PROJECTIONS
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 ADAPTERS = ("sft", "grpo")
 

@@ -3,7 +3,6 @@ weights move, saved adapters stand alone, the nuanced reward's window survives a
 paper's values."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ def parity_reward(completions, completion_ids=None, **kwargs) -> list[float]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def test_reward():
+def parity_reward_registered():
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(REWARD_FACTORIES, "test_parity", lambda **options: parity_reward)
         yield
@@ -52,7 +51,6 @@ def sft_adapter(tiny, tmp_path_factory) -> Path:
 
 
 def _args(tiny: Path, sft: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    os.environ["TQDM_DISABLE"] = "1"
     return ["--config", str(PAPER_RECIPE), "--model_name_or_path", str(tiny), "--sft_adapter", str(sft),
             "--sft_recipe", "", "--data_config", str(data), "--output_dir", str(out), "--export_dir", "",
             "--max_completion_length", str(MAX_TOKENS), "--per_device_train_batch_size", "4",  # 1 prompt x 4

@@ -12,6 +12,7 @@ from chexreason.rewards import (
     jaccard,
     make_format_reward,
     make_hard_reward,
+    reward_from_recipe,
 )
 
 LONG = "<think>" + "word " * 300 + "</think>"  # 300+ approximate tokens: past the 250-token threshold
@@ -180,10 +181,20 @@ class TestNuancedReward:
 
 class TestRegistry:
     def test_names(self):
+        right, wrong = [LONG + "<solution>Edema</solution>"], [LONG + "<solution>Fracture</solution>"]
         for name in ("hard", "nuanced", "format"):
-            assert callable(get_reward(name))
+            reward, truth = get_reward(name), [["Edema"]]  # as TRL calls it: by keyword
+            assert reward(completions=right, ground_truth=truth) >= reward(completions=wrong, ground_truth=truth)
+            assert reward(completions=right, ground_truth=truth) > reward(completions=["no"], ground_truth=truth)
         assert get_reward("hard").__name__ == "hard_reward"
         assert get_reward("nuanced").__name__ == "nuanced_reward"
+
+    def test_recipe_options_reach_only_the_rewards_that_take_them(self):
+        hard = reward_from_recipe("hard", protocol="think_solution", length_threshold=1000, length_penalty=0.5)
+        assert hard([LONG + "<solution>Edema</solution>"], [["Edema"]]) == [0.5]  # 300 words < 1,000: pays 0.5
+        assert reward_from_recipe("nuanced", length_threshold=1000).__name__ == "nuanced_reward"
+        with pytest.raises(ValueError, match="unknown reward 'hardd'"):
+            reward_from_recipe("hardd", protocol="think_solution")
 
     def test_each_nuanced_reward_owns_its_window(self):
         a, b = get_reward("nuanced"), get_reward("nuanced")

@@ -114,6 +114,13 @@ def test_importing_the_app_loads_no_training_library():
     assert run.stdout.splitlines()[-2:] == ["[]", "[]"]
 
 
+def test_the_tests_run_offline():
+    """conftest sets HF_HUB_OFFLINE before anything imports huggingface_hub, which reads it once, at import."""
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
+
+
 @pytest.mark.parametrize("path", [p for p in MODULES.values()], ids=lambda p: str(p.relative_to(REPO)))
 def test_no_module_is_longer_than_500_lines(path: Path):
     lines = len(path.read_text(encoding="utf-8").splitlines())

@@ -1,7 +1,6 @@
 """The tiny model and the training stages, a few steps each: what changes, what must not, resume, configs."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,6 @@ def sft_run(tiny, data_recipe, tmp_path_factory):
     from train import sft
 
     out = tmp_path_factory.mktemp("sft")
-    os.environ["TQDM_DISABLE"] = "1"
     adapter = sft.main(_sft_args(tiny, data_recipe, out))
     return out, adapter
 

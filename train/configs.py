@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig, SFTConfig
 
+from chexreason.config_checks import requirement
 from chexreason.data.config import DATA_SOURCES, TEACHERS, DataConfig, read_data_config
 from chexreason.loading import DTYPES
 from chexreason.rewards import REWARD_FACTORIES
@@ -220,10 +221,7 @@ class GRPOStageConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"grpo config: {message}")
-
+        need = requirement("grpo config")
         unknown = [name for name in self.rewards if name not in REWARD_FACTORIES]
         need(not unknown, f"unknown reward {', '.join(map(repr, unknown))}; choose from {sorted(REWARD_FACTORIES)}")
         need(bool(self.rewards) and len(set(self.rewards)) == len(self.rewards), "rewards: one or more, no repeats")

@@ -71,6 +71,11 @@ def load_built(output_dir: str | Path) -> DatasetDict:
     return load_from_disk(str(path))
 
 
+def head(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first `limit` rows of a built dataset (all of them when `limit` is None or larger)."""
+    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+
+
 def build_datasets(config: DataConfig) -> dict:
     """Build (or reuse) the datasets of `config`; returns the manifest."""
     out = Path(config.output_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chexreason.config_checks import requirement
 from chexreason.data.readers import UNCERTAINTY_POLICIES
 from chexreason.labels import EVAL_LABEL_SETS
 from chexreason.prompts import ANSWER_FORMATS
@@ -97,10 +98,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"data config: {message}")
-
+        need = requirement("data config")
         need(self.source in DATA_SOURCES, f"source must be one of {DATA_SOURCES}, not {self.source!r}")
         need(self.sft_samples >= 2, "sft_samples must be at least 2")
         need(0 < self.sft_validation_fraction < 1, "sft_validation_fraction must be in (0, 1)")

@@ -11,6 +11,7 @@ from peft import LoraConfig
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.trainer_utils import get_last_checkpoint
 
+from chexreason.data.build import head
 from chexreason.loading import parse_dtype
 from chexreason.model_set_spec import pixel_bounds
 from chexreason.prompts import AnswerFormat, PromptVariant
@@ -47,8 +48,7 @@ def lora_config(model_args) -> LoraConfig:
 
 def sft_rows(dataset: Dataset, answer_format: AnswerFormat, limit: int | None = None) -> Dataset:
     """Built SFT rows → conversational rows TRL's SFTTrainer takes: the format's prompt, the target answer."""
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
+    dataset = head(dataset, limit)
     prompt = answer_format.prompt.messages()
 
     def convert(row: dict) -> dict:
@@ -60,8 +60,7 @@ def sft_rows(dataset: Dataset, answer_format: AnswerFormat, limit: int | None = 
 
 def grpo_rows(dataset: Dataset, prompt: PromptVariant, limit: int | None = None) -> Dataset:
     """Built rows → GRPO prompts: the conversational prompt, the image, and `ground_truth` for the rewards."""
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
+    dataset = head(dataset, limit)
     messages = prompt.messages()
     keep = {"image", "ground_truth", "id"}
     return dataset.map(

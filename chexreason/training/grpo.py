@@ -42,13 +42,14 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from chexreason.data.build import head
 from chexreason.decoding import CompletionDecoder, GenerationSettings, stop_token_ids
 from chexreason.metrics import score
 from chexreason.model_set import ModelSet
 from chexreason.model_set_spec import is_hub_id
 from chexreason.parsing import parse_completion
 from chexreason.prompts import AnswerFormat, PromptVariant
-from chexreason.rewards import RewardFunc, get_reward
+from chexreason.rewards import RewardFunc, reward_from_recipe
 from chexreason.training.common import grpo_rows, load_model
 
 if TYPE_CHECKING:
@@ -142,13 +143,8 @@ def build_rewards(
 ) -> dict[str, RewardFunc]:
     """Our rewards by name (`chexreason.rewards.get_reward`), each reading outputs under `protocol`; the hard
     reward gets the recipe's length threshold and λ_len."""
-    rewards = {}
-    for name in names:
-        options: dict[str, Any] = {"protocol": protocol}
-        if name == "hard":
-            options.update(length_threshold=length_threshold, length_penalty=length_penalty)
-        rewards[name] = get_reward(name, **options)
-    return rewards
+    options = {"protocol": protocol, "length_threshold": length_threshold, "length_penalty": length_penalty}
+    return {name: reward_from_recipe(name, **options) for name in names}
 
 
 def trainer_rewards(
@@ -242,7 +238,7 @@ class ValidationSet:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, prompt: PromptVariant, limit: int) -> ValidationSet:
-        rows = dataset.select(range(min(limit, len(dataset))))
+        rows = head(dataset, limit)
         return cls(list(rows["image"]), list(rows["ground_truth"]), rows[0]["label_set"], prompt)
 
 

@@ -50,11 +50,8 @@ def test_the_recipe_pixel_bounds_set_qwens_visual_tokens(tiny_qwen):
 @pytest.fixture(scope="module")
 def qwen_sft(tiny_qwen, data_recipe, tmp_path_factory):
     """The Qwen2.5-VL-3B recipe (Free Reasoning) run on the tiny Qwen: only scale and device overridden."""
-    import os
-
     from train import sft
 
-    os.environ["TQDM_DISABLE"] = "1"
     out = tmp_path_factory.mktemp("qwen-sft")
     adapter = sft.main(["--config", RECIPE, "--model_name_or_path", str(tiny_qwen), "--data_config", str(data_recipe),
                         "--output_dir", str(out), "--dtype", "float32", "--bf16", "false", "--use_cpu", "true",
