@@ -26,7 +26,6 @@ ImageInfo(format='PNG', width=64, height=48, bits=8, view=None)
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import os
@@ -34,7 +33,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -73,25 +72,6 @@ _OTHER_MAGICS: tuple[tuple[bytes, str], ...] = (
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # DICOM code strings (CS): the only text from a DICOM file we ever repeat, and only if it has this shape.
 _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
-
-# What to `pip install` for a compressed transfer syntax that pydicom cannot decode on its own (pydicom
-# decodes uncompressed, deflated and RLE data itself, and JPEG Baseline and 8-bit JPEG 2000 through Pillow).
-_LIBJPEG = ("pylibjpeg", "pylibjpeg-libjpeg")
-_OPENJPEG = ("pylibjpeg", "pylibjpeg-openjpeg")
-_DECODER_PACKAGES: dict[str, tuple[str, ...]] = {
-    pydicom.uid.JPEGBaseline8Bit: _LIBJPEG,
-    pydicom.uid.JPEGExtended12Bit: _LIBJPEG,
-    pydicom.uid.JPEGLossless: _LIBJPEG,
-    pydicom.uid.JPEGLosslessSV1: _LIBJPEG,
-    pydicom.uid.JPEGLSLossless: _LIBJPEG,
-    pydicom.uid.JPEGLSNearLossless: _LIBJPEG,
-    pydicom.uid.JPEG2000Lossless: _OPENJPEG,
-    pydicom.uid.JPEG2000: _OPENJPEG,
-    pydicom.uid.HTJ2KLossless: _OPENJPEG,
-    pydicom.uid.HTJ2KLosslessRPCL: _OPENJPEG,
-    pydicom.uid.HTJ2K: _OPENJPEG,
-}
-_IMPORT_NAMES = {"pylibjpeg": "pylibjpeg", "pylibjpeg-libjpeg": "libjpeg", "pylibjpeg-openjpeg": "openjpeg"}
 
 
 class ImageError(ValueError):
@@ -356,16 +336,16 @@ def _load_dicom(data: bytes, name: str | None) -> tuple[Image.Image, ImageInfo]:
     if not decoder.is_available:
         raise ImageError(
             f"This DICOM's pixel data is compressed with {_syntax_name(syntax)}, and no decoder for it is "
-            f"installed. {_install_advice(syntax)} Or export the image uncompressed or as PNG."
+            f"installed. {_decoder_report(decoder, 'Install one: pydicom decodes it with')} Or export the image "
+            f"uncompressed or as PNG."
         )
     try:
         stored = np.asarray(ds.pixel_array)
     except Exception as err:
-        missing = _missing_packages(syntax)
-        advice = f" {_install_advice(syntax)}" if missing else ""
         raise ImageError(
             f"The DICOM pixel data ({_syntax_name(syntax)}) could not be decoded ({type(err).__name__}); "
-            f"it may be damaged or cut short.{advice or ' Export or download the image again.'}"
+            f"it may be damaged or cut short. Export or download the image again. "
+            f"{_decoder_report(decoder, 'Other decoders pydicom knows for it:')}"
         ) from err
     if stored.ndim != 2:
         raise ImageError(f"This DICOM pixel data has shape {stored.shape}; a single greyscale frame is needed.")
@@ -400,21 +380,10 @@ def _syntax_name(syntax: pydicom.uid.UID) -> str:
     return syntax.name if syntax.is_valid else "an invalid transfer syntax"
 
 
-def _missing_packages(syntax: pydicom.uid.UID) -> list[str]:
-    """The packages of `_DECODER_PACKAGES` for `syntax` that are not installed."""
-    return [
-        package
-        for package in _DECODER_PACKAGES.get(syntax, ())
-        if importlib.util.find_spec(_IMPORT_NAMES[package]) is None
-    ]
-
-
-def _install_advice(syntax: pydicom.uid.UID) -> str:
-    """What to install to decode `syntax`, in pip's words."""
-    packages = _DECODER_PACKAGES.get(syntax)
-    if packages is None:
-        return "Installing python-gdcm (pip install python-gdcm) may add a decoder for it."
-    return f"Install one with `pip install {' '.join(packages)}` (or python-gdcm)."
+def _decoder_report(decoder: Any, lead: str) -> str:
+    """pydicom's own report of the decoding plugins it lacks for a syntax and what each needs, after `lead`."""
+    missing = decoder.missing_dependencies  # e.g. "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"
+    return f"{lead} {'; '.join(missing)}." if missing else ""
 
 
 def _dicom_to_uint8(stored: np.ndarray, ds: Dataset) -> np.ndarray:

@@ -516,7 +516,7 @@ def test_missing_decoder_names_the_package(tmp_path: Path):
     assert result.returncode == 0 and len(lines) == 2, result.stderr
     for line, syntax in zip(lines, ["JPEG-LS Lossless", "JPEG Lossless"], strict=True):
         assert syntax in line and "no decoder for it is installed" in line
-        assert "pip install pylibjpeg pylibjpeg-libjpeg" in line
+        assert "pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1" in line  # pydicom's report: what to install
 
 
 # ---------------------------------------------------------------------------------------------- hostile input
