@@ -11,9 +11,11 @@ after GRPO, ``export_dir`` bundles the model set and ``evaluate_after`` scores i
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shlex
 from pathlib import Path
+from typing import Any
 
 from chexreason.training.export import export_model_set, write_model_card
 from chexreason.training.grpo import ADAPTER_CONFIG, BEST_ADAPTER
@@ -22,22 +24,26 @@ from train.configs import GRPOStageConfig, ModelArguments, SFTStageConfig
 logger = logging.getLogger(__name__)
 
 
+def run_stage(stage: str, argv: list[str]) -> Any:
+    """Run a stage as ``python -m train.<stage> <argv>`` would, in this process; returns what its main returns.
+
+    By module name, as a command is called: the stages call this module, so it imports none of them back.
+    """
+    return importlib.import_module(f"train.{stage}").main(argv)
+
+
 def ensure_base(model_args: ModelArguments, config: SFTStageConfig) -> None:
     """SFT's starting model: run ``base_recipe`` when the model is not there (the tiny recipe's random model)."""
     if not Path(model_args.model_name_or_path).exists() and config.base_recipe:
-        from train import base
-
         logger.info("no model at %s: running %s first", model_args.model_name_or_path, config.base_recipe)
-        base.main(["--config", config.base_recipe])
+        run_stage("base", ["--config", config.base_recipe])
 
 
 def ensure_sft(config: GRPOStageConfig) -> None:
     """GRPO's starting adapter: run ``sft_recipe`` when the SFT adapter is not there."""
     if not (Path(config.sft_adapter) / ADAPTER_CONFIG).exists() and config.sft_recipe:
-        from train import sft
-
         logger.info("no SFT adapter at %s: running %s first", config.sft_adapter, config.sft_recipe)
-        sft.main(["--config", config.sft_recipe])
+        run_stage("sft", ["--config", config.sft_recipe])
 
 
 def after_grpo(model_args: ModelArguments, config: GRPOStageConfig, prompt: str, command: list[str]) -> Path | None:
@@ -68,8 +74,6 @@ def after_grpo(model_args: ModelArguments, config: GRPOStageConfig, prompt: str,
         },
     )
     if config.evaluate_after:
-        from train import evaluate
-
-        results = evaluate.main(["--models", str(spec), "--data_config", config.data_config])
+        results = run_stage("evaluate", ["--models", str(spec), "--data_config", config.data_config])
         write_model_card(config.export_dir, results, "python -m train.grpo " + shlex.join(command))
     return spec
