@@ -187,24 +187,13 @@ class ModelSet:
         return _texts(rows)
 
     def generate_batch(
-        self,
-        images: Iterable[Image.Image | str | Path | bytes],
-        checkpoint_names: Sequence[str] | None = None,
-        prompt: str | None = None,
-        batch_size: int = 8,
-        progress: bool = True,
-        total: int | None = None,
-        settings: GenerationSettings | None = None,
-        **decoding: Any,
+        self, images: Iterable[Image.Image | str | Path | bytes], *args: Any, **kwargs: Any
     ) -> list[list[str]]:
         """`generate` over many images, `batch_size` images per call, with a progress bar (for evaluation).
 
         The texts of `complete_batch`, which takes the same arguments.
         """
-        completions = self.complete_batch(
-            images, checkpoint_names, prompt, batch_size, progress, total, settings, **decoding
-        )
-        return _texts(completions)
+        return _texts(self.complete_batch(images, *args, **kwargs))
 
     def complete_batch(
         self,

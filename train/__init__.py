@@ -7,3 +7,10 @@ TRL's trainers send usage telemetry to the Hugging Face Hub when they start. The
 import os
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # read when huggingface_hub is first imported: set it first
+
+
+def log_to_console() -> None:
+    """What every command prints: INFO and up, with the logger's name."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -20,18 +20,16 @@ from trl import SFTTrainer
 
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
-from chexreason.training.fused_head import score_labelled_positions_only
 from chexreason.training.pretrain import base_corpus, caption_conversations, format_conversations, warm_up_vision
 from chexreason.training.tiny_model import TinySpec, build_tiny
-from train.configs import BaseStageConfig, parse_stage
+from train import recipe
+from train.configs import BaseStageConfig
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> Path:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    score_labelled_positions_only()  # CPU: the loss head skips prompt and padding positions, as on GPUs
-    config, data = parse_stage("train.base", (BaseStageConfig,), argv)
+    config, data = recipe.start_training_stage("train.base", (BaseStageConfig,), argv)
     out = Path(config.output_dir)
     final = out / "model"
     if (final / "model.safetensors").exists():

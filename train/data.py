@@ -16,7 +16,6 @@ are our choices where the paper is silent.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 from trl import TrlParser
@@ -25,10 +24,11 @@ from chexreason.data.build import build_datasets
 from chexreason.data.config import DataConfig
 from chexreason.data.readers import DatasetError
 from chexreason.teachers.report import TeacherError
+from train import log_to_console
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_console()
     parser = TrlParser(DataConfig)
     try:
         (config,) = parser.parse_args_and_config(args=argv)

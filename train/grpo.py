@@ -39,18 +39,15 @@ from pathlib import Path
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
-from chexreason.training.fused_head import score_labelled_positions_only
 from chexreason.training.grpo import ADAPTER_CONFIG, build_grpo_run
 from train import recipe
-from train.configs import GRPOStageConfig, ModelArguments, parse_stage
+from train.configs import GRPOStageConfig, ModelArguments
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> Path:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    score_labelled_positions_only()  # CPU: the loss head skips prompt and padding positions, as on GPUs
-    model_args, config, data = parse_stage("train.grpo", (ModelArguments, GRPOStageConfig), argv)
+    model_args, config, data = recipe.start_training_stage("train.grpo", (ModelArguments, GRPOStageConfig), argv)
     out = Path(config.output_dir)
     adapter = out / "adapter"
     if (adapter / ADAPTER_CONFIG).exists():

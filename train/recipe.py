@@ -18,10 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from chexreason.training.export import export_model_set, write_model_card
+from chexreason.training.fused_head import score_labelled_positions_only
 from chexreason.training.grpo import ADAPTER_CONFIG, BEST_ADAPTER
-from train.configs import GRPOStageConfig, ModelArguments, SFTStageConfig
+from train import log_to_console
+from train.configs import GRPOStageConfig, ModelArguments, SFTStageConfig, parse_stage
 
 logger = logging.getLogger(__name__)
+
+
+def start_training_stage(prog: str, types: tuple[type, ...], argv: list[str] | None) -> tuple:
+    """What every training stage does first: log to the console, score only labelled positions in TRL's loss
+    head on a CPU as it does on GPUs (`score_labelled_positions_only`), and read its configs — a config mistake
+    ends the program with a one-line message."""
+    log_to_console()
+    score_labelled_positions_only()
+    return parse_stage(prog, types, argv)
 
 
 def run_stage(stage: str, argv: list[str]) -> Any:

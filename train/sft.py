@@ -23,17 +23,14 @@ from trl import SFTTrainer
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint, load_model, lora_config, sft_rows
-from chexreason.training.fused_head import score_labelled_positions_only
 from train import recipe
-from train.configs import ModelArguments, SFTStageConfig, parse_stage
+from train.configs import ModelArguments, SFTStageConfig
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> Path:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    score_labelled_positions_only()  # CPU: the loss head skips prompt and padding positions, as on GPUs
-    model_args, config, data = parse_stage("train.sft", (ModelArguments, SFTStageConfig), argv)
+    model_args, config, data = recipe.start_training_stage("train.sft", (ModelArguments, SFTStageConfig), argv)
     out = Path(config.output_dir)
     adapter = out / "adapter"
     if (adapter / "adapter_config.json").exists():
