@@ -1,60 +1,111 @@
-"""Score every checkpoint of a model set on evaluation sets: batched greedy generation, the one parser,
-`chexreason.metrics`, bootstrap intervals, and paired differences between consecutive checkpoints
-(SFT − base, GRPO − SFT), written in the results schema of `chexreason.results`."""
+"""Score every checkpoint of a model set on evaluation sets: batched generation (`ModelSet.complete_batch`), the
+one parser, `chexreason.metrics`, bootstrap intervals, and paired differences between consecutive checkpoints
+(SFT − base, GRPO − SFT), written in results schema v2 (`chexreason.results`): the summary with the truncation
+rate, the data's and the weights' fingerprints, and one record per image and checkpoint, appended as each pass
+finishes."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 from datasets import Dataset
 
+from chexreason.fingerprints import DataFingerprint, SplitData, model_set_fingerprints, split_fingerprint
 from chexreason.metrics import bootstrap_macro_f1, bootstrap_macro_f1_difference, score
-from chexreason.modeling import ModelSet
+from chexreason.modeling import GenerationSettings, ModelSet
 from chexreason.parsing import parse_completion
-from chexreason.results import Comparison, EvalResults, EvalRun, fingerprint
+from chexreason.results import (
+    Bootstrap,
+    Comparison,
+    EvalResults,
+    EvalRun,
+    Generation,
+    Record,
+    RecordWriter,
+    records_path,
+    save_results,
+)
 
 logger = logging.getLogger(__name__)
+EVAL_SETTINGS = GenerationSettings(max_new_tokens=256)  # greedy; `python -m train.evaluate`'s default budget
+CONFIDENCE = 0.95  # of every bootstrap interval (chexreason.metrics' default)
+
+
+def image_sources(dataset: Dataset, image_roots: Mapping[str, str | Path | None] | None = None) -> list[str]:
+    """Each row's image as the records name it: a phantom's id, or a real image's path relative to the image
+    folder of its `dataset` (``image_roots``, e.g. ``{"chexpert": "/data/chexpert"}``). Refuses, before any
+    work, a row whose image would be named by an absolute path."""
+    ids = list(dataset["id"])
+    kinds = list(dataset["dataset"]) if "dataset" in dataset.column_names else [None] * len(ids)
+    roots = {kind: os.path.abspath(root) for kind, root in (image_roots or {}).items() if root}
+    sources = []
+    for image_id, kind in zip(ids, kinds, strict=True):
+        source = image_id
+        if kind in roots and not str(kind).startswith("phantom"):
+            relative = os.path.relpath(os.path.abspath(image_id), roots[kind])
+            if relative.split(os.sep)[0] == os.pardir:
+                raise ValueError(f"image {image_id} is not inside the {kind} image folder {roots[kind]}")
+            source = Path(relative).as_posix()
+        if os.path.isabs(source):
+            raise ValueError(
+                f"image {image_id} ({kind}) would be recorded by its absolute path: name its image folder"
+            )
+        sources.append(source)
+    return sources
 
 
 def evaluate(
     model_set: ModelSet,
     datasets: Mapping[str, Dataset],
-    data_fingerprint: str = "",
+    data_fingerprint: str | None = None,
+    settings: GenerationSettings = EVAL_SETTINGS,
     batch_size: int = 64,
-    max_new_tokens: int = 256,
     n_resamples: int = 2000,
     seed: int = 0,
-    keep_predictions: bool = True,
+    records: RecordWriter | None = None,
+    image_roots: Mapping[str, str | Path | None] | None = None,
     sweep: tuple[str, Sequence[str]] | None = None,
 ) -> EvalResults:
-    """Every checkpoint on every dataset (rows need `image`, `ground_truth`, `label_set`, `id`), each with its
-    own prompt; or, with ``sweep=(checkpoint, prompt keys)``, one checkpoint under each prompt (the paper's
-    Table 1), without comparisons."""
-    config = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "decoding": "greedy", "seed": seed}
+    """Every checkpoint on every dataset (rows need `image`, `ground_truth`, `label_set`, `id`; `dataset` for
+    real images, see `image_sources`), each with its own prompt; or, with ``sweep=(checkpoint, prompt keys)``,
+    one checkpoint under each prompt (the paper's Table 1), without comparisons. Records go to `records`
+    (image by image, the checkpoints of an image together) as each pass finishes."""
     # Each pass is (checkpoints, prompt override): one batched generation serves the whole pass.
     passes = [(list(model_set.checkpoints), None)] if sweep is None else [([sweep[0]], key) for key in sweep[1]]
-    runs, comparisons = [], []
+    used = list(dict.fromkeys(name for checkpoints, _ in passes for name in checkpoints))
+    # Up front, before any generation: what is scored, and how each image will be named.
+    weights = model_set_fingerprints(model_set.spec.checkpoint(name) for name in used)
+    all_sources = {name: image_sources(dataset, image_roots) for name, dataset in datasets.items()}
+    runs, comparisons, splits = [], [], {}
     for name, dataset in datasets.items():
         label_set = dataset[0]["label_set"]
-        truth = dataset["ground_truth"]
+        truth, sources = list(dataset["ground_truth"]), all_sources[name]
+        kinds = sorted(set(dataset["dataset"])) if "dataset" in dataset.column_names else []
+        splits[name] = SplitData(n=len(dataset), label_set=label_set, fingerprint=split_fingerprint(sources, truth),
+                                 images=kinds[0] if len(kinds) == 1 else None)  # fmt: skip
         for checkpoints, prompt_key in passes:
             start = time.perf_counter()
-            outputs = model_set.generate_batch(
+            completions = model_set.complete_batch(
                 (image.convert("RGB") for image in dataset["image"]),
                 checkpoint_names=checkpoints,
                 prompt=prompt_key,
                 batch_size=batch_size,
                 total=len(dataset),
-                max_new_tokens=max_new_tokens,
+                settings=settings,
             )
             seconds = time.perf_counter() - start
+            # One batched call serves every checkpoint of a pass: the time is that call's, shared.
+            timings = {"seconds": round(seconds, 2), "images_per_second": round(len(dataset) / max(seconds, 1e-9), 2)}
+            prompts = {checkpoint: model_set.prompt_for(checkpoint, prompt_key).key for checkpoint in checkpoints}
             predictions = {}
             for column, checkpoint in enumerate(checkpoints):
-                prompt = model_set.prompt_for(checkpoint, prompt_key)
-                parsed = [parse_completion(row[column], prompt.protocol) for row in outputs]
+                protocol = model_set.prompt_for(checkpoint, prompt_key).protocol
+                parsed = [parse_completion(row[column].text, protocol) for row in completions]
                 predicted = [list(p.labels) if p.parseable else None for p in parsed]
                 predictions[checkpoint] = predicted
                 runs.append(
@@ -62,31 +113,77 @@ def evaluate(
                         checkpoint=checkpoint,
                         dataset=name,
                         label_set=label_set,
-                        prompt=prompt.key,
+                        prompt=prompts[checkpoint],
                         metrics=score(truth, predicted, label_set),
-                        config=config,
-                        fingerprints={
-                            "config": fingerprint(config),
-                            "data": fingerprint([data_fingerprint, name, len(dataset)]),
-                        },
-                        # One batched call serves every checkpoint of a pass: the time is that call's, shared.
-                        timings={"seconds": round(seconds, 2), "images_per_second": round(len(dataset) / seconds, 2)},
+                        truncation_rate=sum(row[column].truncated for row in completions) / len(completions),
                         macro_f1_ci=bootstrap_macro_f1(
-                            truth, predicted, label_set, n_resamples=n_resamples, seed=seed
+                            truth, predicted, label_set, n_resamples=n_resamples, confidence=CONFIDENCE, seed=seed
                         ),
-                        predictions=[
-                            {"id": i, "truth": t, "predicted": p, "output": row[column]}
-                            for i, t, p, row in zip(dataset["id"], truth, predicted, outputs, strict=True)
-                        ]
-                        if keep_predictions
-                        else None,
+                        timings=timings,
                     )
                 )
-                logger.info("%s (%s) on %s: macro-F1 %.3f", checkpoint, prompt.key, name, runs[-1].metrics["macro_f1"])
+                run = runs[-1]
+                logger.info("%s (%s) on %s: macro-F1 %.3f, fail rate %.3f, truncated %.3f", checkpoint, run.prompt,
+                            name, run.metrics["macro_f1"], run.metrics["fail_rate"], run.truncation_rate)  # fmt: skip
+            if records is not None:
+                records.write(_records(name, prompts, sources, truth, completions, predictions))
             if sweep is None:
                 for baseline, candidate in itertools.pairwise(checkpoints):
                     difference = bootstrap_macro_f1_difference(
-                        truth, predictions[baseline], predictions[candidate], label_set, n_resamples, seed=seed
+                        truth, predictions[baseline], predictions[candidate], label_set, n_resamples, CONFIDENCE, seed
                     )
-                    comparisons.append(Comparison(name, label_set, baseline, candidate, difference))
-    return EvalResults(model_set.spec.name, runs, comparisons)
+                    comparisons.append(
+                        Comparison(
+                            dataset=name,
+                            label_set=label_set,
+                            baseline=baseline,
+                            candidate=candidate,
+                            macro_f1_difference=difference,
+                        )
+                    )
+    sampling = settings.do_sample
+    generation = Generation(
+        max_new_tokens=settings.max_new_tokens,
+        decoding=settings.decoding,
+        temperature=settings.temperature if sampling else None,
+        top_p=settings.top_p if sampling else None,
+        seed=settings.seed if sampling else None,
+        batch_size=batch_size,
+    )
+    return EvalResults(
+        model_set=model_set.spec.name,
+        generation=generation,
+        bootstrap=Bootstrap(n_resamples=n_resamples, seed=seed, confidence=CONFIDENCE),
+        data=DataFingerprint(manifest=data_fingerprint, splits=splits),
+        checkpoints=weights,
+        runs=runs,
+        comparisons=comparisons,
+    )
+
+
+def _records(dataset, prompts, sources, truth, completions, predictions) -> Iterator[Record]:
+    """A pass's records, image by image, the checkpoints of an image together (in `prompts`' order)."""
+    for i, row in enumerate(completions):
+        for (checkpoint, prompt), answer in zip(prompts.items(), row, strict=True):
+            predicted = predictions[checkpoint][i]
+            yield Record(dataset=dataset, checkpoint=checkpoint, prompt=prompt, index=i, source=sources[i],
+                         truth=truth[i], output=answer.text, predicted=predicted, parseable=predicted is not None,
+                         truncated=answer.truncated, n_tokens=answer.n_tokens)  # fmt: skip
+
+
+def write_evaluation(
+    out: str | Path, model_set: ModelSet, datasets: Mapping[str, Dataset], keep_records: bool = True, **options
+) -> EvalResults:
+    """`evaluate` (with `options`), writing its summary to `out` and, unless ``keep_records=False``, its records
+    beside it (``eval.json`` → ``eval.records.jsonl``). Records are appended to a pending file as passes finish
+    and installed with the summary, so a run that fails leaves the previous results in place."""
+    out = Path(out)
+    if not keep_records:
+        results = evaluate(model_set, datasets, **options)
+        save_results(results, out)
+        return results
+    target = records_path(out)
+    with RecordWriter(target.with_name(f".{target.name}.partial")) as writer:
+        results = evaluate(model_set, datasets, records=writer, **options)
+    save_results(results, out, records=writer.path)
+    return results

@@ -1,7 +1,9 @@
-"""Moved to `chexreason.training.fused_head`; the old name stays importable (it is the same module object)."""
+"""Moved to `chexreason.training.fused_head`; this old name stays importable: every name is looked up there."""
 
-import sys
+from typing import Any
 
 from chexreason.training import fused_head as _moved
 
-sys.modules[__name__] = _moved
+
+def __getattr__(name: str) -> Any:
+    return getattr(_moved, name)

@@ -1,273 +1,483 @@
-"""Evaluation results: a versioned JSON schema, its validating loader, and the paper's reported numbers.
+"""Evaluation results: schema v2 (``chexreason.eval/2``), validated with pydantic, and its loader and writers.
 
-A results file holds every run of one evaluation of a model set (each checkpoint on each dataset) and the
-paired comparisons between checkpoints (e.g. GRPO − SFT):
+An evaluation of a model set is two files side by side. The **summary** (``eval.json``; `EvalResults`, see its
+fields) says what was scored and how — generation budget and decoding, bootstrap seeds, the data's and each
+checkpoint's weights' fingerprints (`chexreason.fingerprints`) — and the numbers: per run `chexreason.metrics`
+scores, the ``truncation_rate`` (share of answers that hit ``max_new_tokens`` without a stop token, beside
+``metrics.fail_rate``, the share not parseable), the macro-F1 interval and ``timings`` (``seconds`` and
+``images_per_second`` of the batched call that served the run, shared by the checkpoints of one pass); and the
+paired comparisons. Unknown keys, wrong types and values out of range are errors naming the file and field.
 
-    {
-      "schema": "chexreason.eval/1",
-      "model_set": "tiny",
-      "created": "2026-11-25T18:00:00+00:00",
-      "runs": [{"checkpoint": "sft", "dataset": "phantom-a/test", "label_set": "chexpert14",
-                "prompt": "free_reasoning", "config": {...}, "fingerprints": {"config": "…", "data": "…"},
-                "metrics": <chexreason.metrics.score output>, "macro_f1_ci": <bootstrap interval> | null,
-                "timings": {"seconds": 12.3, "samples_per_second": 16.2},
-                "predictions": [{"id": "…", "truth": [...], "predicted": [...] | null, "output": "…"}] | null}],
-      "comparisons": [{"dataset": "phantom-a/test", "label_set": "chexpert14", "baseline": "sft",
-                       "candidate": "grpo", "macro_f1_difference": <bootstrap interval>}]
-    }
+The **records** (``eval.records.jsonl`` beside it, named with its count and sha256 in ``records``) hold one JSON
+object (`Record`) per line and per (dataset, checkpoint, prompt, image), image by image:
 
-The paper's numbers (its Tables 1-6) live in ``paper_results.json`` beside this module and are loaded with
-`load_paper_tables`; they are reported figures, never ours.
+    {"dataset": "test_phantom_a", "checkpoint": "sft", "prompt": "free_reasoning", "index": 0,
+     "source": "phantom-a-0-003104", "truth": ["Edema"], "output": "<think>…", "predicted": ["Edema"],
+     "parseable": true, "truncated": false, "n_tokens": 87}
+
+``source`` is a phantom id (redrawn by `chexreason.data.phantom`) or a path relative to the image folder of
+the split's ``data.splits[…].images`` dataset — never absolute. `iter_records` / `page_records` stream them a
+line at a time; `RecordWriter` appends. `load_results` also reads v1 files (runs with embedded
+``predictions``), upgrading them in memory. The paper's reported numbers are in `chexreason.paper`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
-import math
-from dataclasses import asdict, dataclass, field
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from functools import cache
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import TypedDict
+
+from chexreason.fingerprints import STRICT, CheckpointWeights, DataFingerprint, Strict, sha256_file
+from chexreason.fingerprints import fingerprint as fingerprint  # re-exported: its home was here
 from chexreason.labels import resolve_label_set
+from chexreason.paper import PaperTable as PaperTable  # re-exported: the paper's numbers lived here
+from chexreason.paper import load_paper_tables as load_paper_tables
+from chexreason.paper import paper_source as paper_source
 
-SCHEMA = "chexreason.eval/1"
-_PAPER_FILE = Path(__file__).with_name("paper_results.json")
-_SCORE_KEYS = ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
-_INTERVAL_KEYS = ("estimate", "low", "high")
+SCHEMA = "chexreason.eval/2"
+SCHEMA_V1 = "chexreason.eval/1"
 
 
 class ResultsError(ValueError):
-    """A results file that does not follow the schema; the message says where and what."""
+    """A results file that does not follow the schema; the message says which file, which field and what."""
 
 
-def fingerprint(obj: Any) -> str:
-    """A short, stable hash of a JSON-serialisable object (config or data manifest)."""
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+# ------------------------------------------------------------------------------------------ values
+
+Unit = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
 
 
-# ------------------------------------------------------------------------------------------ checks
+class LabelScore(TypedDict):
+    __pydantic_config__ = STRICT  # type: ignore[misc]
+    precision: Unit
+    recall: Unit
+    f1: Unit
+    support: Count
 
 
-def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise ResultsError(f"{where}: missing {key!r}")
-    value = obj[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise ResultsError(f"{where}.{key}: expected {names}, got {type(value).__name__}")
-    return value
+class Metrics(TypedDict):
+    """`chexreason.metrics.score` output (a plain dict once validated)."""
+
+    __pydantic_config__ = STRICT  # type: ignore[misc]
+    n: Positive
+    labels: list[str]
+    micro_precision: Unit
+    micro_recall: Unit
+    micro_f1: Unit
+    macro_precision: Unit
+    macro_recall: Unit
+    macro_f1: Unit
+    per_label: dict[str, LabelScore]
+    fail_rate: Unit
 
 
-def _unit(obj: dict, key: str, where: str) -> float:
-    value = _require(obj, key, (int, float), where)
-    if not (0.0 <= value <= 1.0) or math.isnan(value):
-        raise ResultsError(f"{where}.{key}: {value} is outside [0, 1]")
-    return value
+class _Interval(TypedDict):
+    __pydantic_config__ = STRICT  # type: ignore[misc]
+    estimate: float
+    low: float
+    high: float
+    confidence: Annotated[float, Field(gt=0, lt=1)]
+    n_resamples: Positive
+    seed: int
 
 
-def _check_metrics(metrics: Any, label_set: str, where: str) -> None:
-    labels = set(resolve_label_set(label_set))
-    for key in (*_SCORE_KEYS, "fail_rate"):
-        _unit(metrics, key, where)
-    _require(metrics, "n", int, where)
-    per_label = _require(metrics, "per_label", dict, where)
-    if set(per_label) != labels:
-        raise ResultsError(f"{where}.per_label: labels {sorted(per_label)} are not the {label_set} set")
-    for label, values in per_label.items():
-        for key in ("precision", "recall", "f1"):
-            _unit(values, key, f"{where}.per_label[{label!r}]")
+def _interval_in(bottom: float, top: float):
+    def check(interval: dict) -> dict:
+        for key in ("estimate", "low", "high"):
+            if not bottom <= interval[key] <= top:
+                raise ValueError(f"{key} {interval[key]} is outside [{bottom}, {top}]")
+        if not interval["low"] <= interval["estimate"] <= interval["high"]:
+            raise ValueError(f"estimate {interval['estimate']} is outside [{interval['low']}, {interval['high']}]")
+        return interval
+
+    return AfterValidator(check)
 
 
-def _check_interval(interval: Any, where: str, signed: bool = False) -> None:
-    for key in _INTERVAL_KEYS:
-        value = _require(interval, key, (int, float), where)
-        if not signed and not 0.0 <= value <= 1.0:
-            raise ResultsError(f"{where}.{key}: {value} is outside [0, 1]")
-    if not interval["low"] <= interval["estimate"] <= interval["high"]:
-        raise ResultsError(
-            f"{where}: estimate {interval['estimate']} is outside [{interval['low']}, {interval['high']}]"
-        )
+Interval = Annotated[_Interval, _interval_in(0, 1)]  # a macro-F1 and its bootstrap interval
+Difference = Annotated[_Interval, _interval_in(-1, 1)]  # candidate − baseline, paired
 
 
-# ---------------------------------------------------------------------------------------- schema
+class Timings(TypedDict):
+    __pydantic_config__ = STRICT  # type: ignore[misc]
+    seconds: Annotated[float, Field(ge=0)]
+    images_per_second: Annotated[float, Field(ge=0)]
 
 
-@dataclass
-class EvalRun:
-    """One checkpoint scored on one dataset."""
+def _relative_source(source: str) -> str:
+    posix, windows = PurePosixPath(source), PureWindowsPath(source)
+    if not source or posix.is_absolute() or windows.anchor or source.startswith("~"):
+        raise ValueError(f"{source!r} is not a phantom id or a dataset-relative path (absolute paths are refused)")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise ValueError(f"{source!r} leaves its dataset folder ('..')")
+    return source
+
+
+# ------------------------------------------------------------------------------------------ records
+
+
+class Record(Strict):
+    """One checkpoint's answer about one image (a line of the records file)."""
+
+    model_config = ConfigDict(**STRICT, frozen=True)
+    dataset: str
+    checkpoint: str
+    prompt: str
+    index: Count
+    source: Annotated[str, AfterValidator(_relative_source)]
+    truth: list[str]
+    output: str
+    predicted: list[str] | None  # the parsed labels; null when the output is unparseable
+    parseable: bool
+    truncated: bool | None  # hit max_new_tokens without a stop token; null: not recorded (v1 files)
+    n_tokens: Count | None = None  # tokens generated; null: not recorded
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Record:
+        if self.parseable != (self.predicted is not None):
+            raise ValueError("parseable must be true exactly when predicted is a list")
+        return self
+
+
+def records_path(summary: str | Path) -> Path:
+    """The records file beside a summary: ``eval.json`` → ``eval.records.jsonl``."""
+    summary = Path(summary)
+    return summary.with_name(f"{summary.stem}.records.jsonl")
+
+
+class RecordWriter:
+    """Appends records to a JSON Lines file, flushed after every `write` (evaluation writes a pass at a time).
+
+    ``fresh=True`` starts the file empty; otherwise new lines go after the ones already there.
+    """
+
+    def __init__(self, path: str | Path, fresh: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w" if fresh else "a", encoding="utf-8")
+
+    def write(self, records: Iterable[Record]) -> None:
+        self._file.write("".join(record.model_dump_json() + "\n" for record in records))
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_records(
+    path: str | Path, dataset: str | None = None, checkpoint: str | None = None, prompt: str | None = None
+) -> Iterator[Record]:
+    """The records of a JSON Lines file, read one line at a time (never the whole file), optionally filtered;
+    each is validated as it is read (a bad line is a `ResultsError` naming the file and line)."""
+    path = Path(path)
+    filters = {"dataset": dataset, "checkpoint": checkpoint, "prompt": prompt}
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ResultsError(f"{path} line {number}: not JSON: {e}") from None
+                if all(v is None or (isinstance(obj, dict) and obj.get(k) == v) for k, v in filters.items()):
+                    yield _validated(Record, obj, f"{path} line {number}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: cannot read records: {e}") from None
+
+
+def page_records(path: str | Path, offset: int = 0, limit: int | None = None, **filters: str | None) -> list[Record]:
+    """Records ``offset`` to ``offset + limit`` of `iter_records(path, **filters)`; only that page is kept."""
+    return _page(iter_records(path, **filters), offset, limit)
+
+
+def _page(records: Iterator[Record], offset: int, limit: int | None) -> list[Record]:
+    return list(itertools.islice(records, offset, None if limit is None else offset + limit))
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+class Generation(Strict):
+    """How the answers were generated (`chexreason.modeling.GenerationSettings`, plus the batch size)."""
+
+    max_new_tokens: Positive
+    decoding: Literal["greedy", "sampling"]
+    temperature: Annotated[float, Field(gt=0)] | None = None  # sampling only
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None  # sampling only
+    seed: int | None = None  # sampling only
+    batch_size: Positive | None = None
+
+    @model_validator(mode="after")
+    def _sampling_fields(self) -> Generation:
+        sampling = (self.temperature, self.top_p)
+        if (self.decoding == "greedy") != all(value is None for value in sampling):
+            raise ValueError("temperature and top_p are set exactly when decoding is 'sampling'")
+        return self
+
+
+class Bootstrap(Strict):
+    n_resamples: Positive
+    seed: int
+    confidence: Annotated[float, Field(gt=0, lt=1)]
+
+
+class RecordsFile(Strict):
+    file: Annotated[str, Field(pattern=r"^[^/\\]+$")]  # a file name beside the summary, no folder
+    n: Count
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _known_label_set(name: str) -> str:
+    resolve_label_set(name)  # ValueError: unknown label set
+    return name
+
+
+class EvalRun(Strict):
+    """One checkpoint scored on one dataset with one prompt."""
 
     checkpoint: str
     dataset: str
-    label_set: str
+    label_set: Annotated[str, AfterValidator(_known_label_set)]
     prompt: str
-    metrics: dict
-    config: dict = field(default_factory=dict)
-    fingerprints: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    macro_f1_ci: dict | None = None
-    predictions: list[dict] | None = None
+    metrics: Metrics
+    truncation_rate: Unit | None = None  # null: not recorded (v1 files)
+    macro_f1_ci: Interval | None = None
+    timings: Timings | None = None
 
+    @field_validator("metrics")
     @classmethod
-    def from_dict(cls, obj: Any, where: str = "run") -> EvalRun:
-        for key in ("checkpoint", "dataset", "label_set", "prompt"):
-            _require(obj, key, str, where)
-        try:
-            resolve_label_set(obj["label_set"])
-        except ValueError as e:
-            raise ResultsError(f"{where}.label_set: {e}") from None
-        _check_metrics(_require(obj, "metrics", dict, where), obj["label_set"], f"{where}.metrics")
-        if obj.get("macro_f1_ci") is not None:
-            _check_interval(obj["macro_f1_ci"], f"{where}.macro_f1_ci")
-        predictions = obj.get("predictions")
-        if predictions is not None:
-            if not isinstance(predictions, list):
-                raise ResultsError(f"{where}.predictions: expected a list")
-            for i, p in enumerate(predictions):
-                _require(p, "truth", list, f"{where}.predictions[{i}]")
-                if p.get("predicted") is not None and not isinstance(p["predicted"], list):
-                    raise ResultsError(f"{where}.predictions[{i}].predicted: expected a list or null")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+    def _labels_of_the_set(cls, metrics: dict, info: ValidationInfo) -> dict:
+        if "label_set" not in info.data:  # an unknown label set: that error is reported
+            return metrics
+        labels = set(resolve_label_set(info.data["label_set"]))
+        if set(metrics["per_label"]) != labels or set(metrics["labels"]) != labels:
+            raise ValueError(f"per_label: {sorted(metrics['per_label'])} are not the {info.data['label_set']} labels")
+        return metrics
 
 
-@dataclass
-class Comparison:
+class Comparison(Strict):
     """A paired bootstrap comparison of two checkpoints on the same images: candidate − baseline."""
 
     dataset: str
     label_set: str
     baseline: str
     candidate: str
-    macro_f1_difference: dict
-
-    @classmethod
-    def from_dict(cls, obj: Any, where: str = "comparison") -> Comparison:
-        for key in ("dataset", "label_set", "baseline", "candidate"):
-            _require(obj, key, str, where)
-        _check_interval(_require(obj, "macro_f1_difference", dict, where), f"{where}.macro_f1_difference", True)
-        return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
+    macro_f1_difference: Difference
 
 
-@dataclass
-class EvalResults:
-    """All runs and comparisons of one evaluation of a model set."""
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+
+class EvalResults(Strict):
+    """The summary of one evaluation of a model set; its per-image records are read with `iter_records`."""
+
+    model_config = ConfigDict(**STRICT, populate_by_name=True)
+    schema_id: Literal["chexreason.eval/2"] = Field(default=SCHEMA, alias="schema")
     model_set: str
+    created: str = Field(default_factory=_now)
+    generation: Generation | None = None  # null: not recorded (v1 files without a run config)
+    bootstrap: Bootstrap | None = None
+    data: DataFingerprint = Field(default_factory=lambda: DataFingerprint(manifest=None))
+    checkpoints: dict[str, CheckpointWeights] = Field(default_factory=dict)  # weights scored; {}: not recorded
     runs: list[EvalRun]
-    comparisons: list[Comparison] = field(default_factory=list)
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    schema: str = SCHEMA
+    comparisons: list[Comparison] = Field(default_factory=list)
+    records: RecordsFile | None = None
+    _folder: Path | None = PrivateAttr(default=None)  # where the records file is, once loaded
+    _memory: list[Record] | None = PrivateAttr(default=None)  # a v1 file's predictions, upgraded
+
+    @model_validator(mode="after")
+    def _references(self) -> EvalResults:
+        keys = {(r.checkpoint, r.dataset) for r in self.runs}
+        for i, run in enumerate(self.runs):
+            split = self.data.splits.get(run.dataset)
+            if self.data.splits and split is None:
+                raise ValueError(f"runs[{i}]: dataset {run.dataset!r} is not among data.splits")
+            if split is not None and (split.n, split.label_set) != (run.metrics["n"], run.label_set):
+                raise ValueError(f"runs[{i}]: n and label_set differ from data.splits[{run.dataset!r}]")
+            if self.checkpoints and run.checkpoint not in self.checkpoints:
+                raise ValueError(f"runs[{i}]: checkpoint {run.checkpoint!r} has no fingerprint in checkpoints")
+        for i, c in enumerate(self.comparisons):
+            if not {(c.baseline, c.dataset), (c.candidate, c.dataset)} <= keys:
+                raise ValueError(f"comparisons[{i}]: no runs of {c.baseline!r} and {c.candidate!r} on {c.dataset!r}")
+        return self
+
+    def run(self, checkpoint: str, dataset: str, prompt: str | None = None) -> EvalRun:
+        """The run of `checkpoint` on `dataset` (with `prompt`, for a prompt sweep; else the first)."""
+        for run in self.runs:
+            if run.checkpoint == checkpoint and run.dataset == dataset and prompt in (None, run.prompt):
+                return run
+        raise KeyError(f"no run of {checkpoint!r} on {dataset!r}" + (f" with {prompt!r}" if prompt else ""))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json", by_alias=True)
 
-    def run(self, checkpoint: str, dataset: str) -> EvalRun:
-        """The run of `checkpoint` on `dataset`."""
-        for run in self.runs:
-            if run.checkpoint == checkpoint and run.dataset == dataset:
-                return run
-        raise KeyError(f"no run of {checkpoint!r} on {dataset!r}")
+    @property
+    def records_file(self) -> Path | None:
+        """The records file of a loaded summary (None: not loaded from disk, or saved without records)."""
+        return self._folder / self.records.file if self._folder is not None and self.records else None
 
-    @classmethod
-    def from_dict(cls, obj: Any) -> EvalResults:
-        if not isinstance(obj, dict):
-            raise ResultsError("results: expected a JSON object")
-        schema = obj.get("schema")
-        if schema != SCHEMA:
-            raise ResultsError(f"results: schema {schema!r} is not {SCHEMA!r}; re-run `python -m train.evaluate`")
-        runs = [EvalRun.from_dict(r, f"runs[{i}]") for i, r in enumerate(_require(obj, "runs", list, "results"))]
-        comparisons = [
-            Comparison.from_dict(c, f"comparisons[{i}]") for i, c in enumerate(obj.get("comparisons") or [])
-        ]
-        return cls(
-            model_set=_require(obj, "model_set", str, "results"),
-            runs=runs,
-            comparisons=comparisons,
-            created=obj.get("created", ""),
-        )
+    def iter_records(
+        self, dataset: str | None = None, checkpoint: str | None = None, prompt: str | None = None
+    ) -> Iterator[Record]:
+        """This evaluation's records, streamed from its records file (or from memory, for a v1 file)."""
+        if self._memory is not None:
+            filters = {"dataset": dataset, "checkpoint": checkpoint, "prompt": prompt}
+            return (r for r in self._memory if all(v is None or getattr(r, k) == v for k, v in filters.items()))
+        if self.records_file is None:
+            raise ResultsError(f"results of {self.model_set!r}: no records file (evaluated with --no_predictions?)")
+        return iter_records(self.records_file, dataset, checkpoint, prompt)
+
+    def page_records(self, offset: int = 0, limit: int | None = None, **filters: str | None) -> list[Record]:
+        """One page of `iter_records(**filters)`."""
+        return _page(self.iter_records(**filters), offset, limit)
 
 
-def save_results(results: EvalResults, path: str | Path) -> None:
-    """Write results as indented JSON (validated first, so a bad file is never written)."""
-    data = results.to_dict()
-    EvalResults.from_dict(json.loads(json.dumps(data)))
-    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+# ------------------------------------------------------------------------------------------ errors
+
+
+def _where(loc: tuple) -> str:
+    """``("runs", 0, "metrics", "n")`` → ``runs[0].metrics.n``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(error: ValidationError, limit: int = 3) -> str:
+    """pydantic's errors as ``field.path: problem (got value)``, the first `limit` of them."""
+    parts = []
+    for e in error.errors()[:limit]:
+        msg, value = re.sub(r"^Value error, ", "", e["msg"]), repr(e.get("input"))
+        value = value if len(value) <= 60 else value[:57] + "..."
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {value})"
+        parts.append(f"{_where(e['loc'])}: {msg}{got}" if e["loc"] else f"{msg}{got}")
+    more = len(error.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _validated(model: type[BaseModel], obj: Any, where: str) -> Any:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        raise ResultsError(f"{where}: {_message(e)}") from None
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def _check_records(path: Path, results: EvalResults, name: str) -> RecordsFile:
+    """Every line a valid record, one per image of each run: the file's entry in the summary."""
+    counts = Counter((r.dataset, r.checkpoint, r.prompt) for r in iter_records(path))
+    expected = Counter({(r.dataset, r.checkpoint, r.prompt): r.metrics["n"] for r in results.runs})
+    if counts != expected:
+        raise ResultsError(f"{path}: records per (dataset, checkpoint, prompt) {dict(counts)} differ from the runs' n")
+    return RecordsFile(file=name, n=sum(counts.values()), sha256=sha256_file(path))
+
+
+def save_results(results: EvalResults, path: str | Path, records: str | Path | Iterable[Record] | None = None) -> None:
+    """Write the summary to `path` with its records beside it; both are checked first, then replaced atomically.
+
+    `records` is a finished JSON Lines file (moved beside the summary, e.g. the `RecordWriter` file of an
+    evaluation) or the records themselves (``results.iter_records()`` of a v1 file converts it); they are
+    checked against the runs (one per image and run), hashed and named in ``results.records``. With None the
+    summary keeps the ``records`` it has.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target = records_path(path)
+    if records is not None and not isinstance(records, str | Path):
+        with RecordWriter(target.with_name(f".{target.name}.partial")) as writer:
+            writer.write(records)
+        records = writer.path
+    entry = results.records if records is None else _check_records(Path(records), results, target.name)
+    data = results.model_copy(update={"records": entry}).to_dict()
+    _validated(EvalResults, data, str(path))  # a bad summary is never written, nor its records installed
+    if records is not None:
+        os.replace(records, target)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    results.records, results._folder = entry, path.parent
+
+
+def _upgrade_v1(obj: dict, where: str) -> tuple[dict, list[tuple[str, dict]]]:
+    """A v1 file as a v2 summary, and its embedded predictions as records (truncated and n_tokens unknown)."""
+    if not isinstance(obj.get("runs"), list) or not all(isinstance(run, dict) for run in obj["runs"]):
+        raise ResultsError(f"{where}: runs: expected a list of objects")
+    runs, records, config, interval = [], [], None, None
+    for i, run in enumerate(obj["runs"]):
+        run = dict(run)
+        run_config, _ = run.pop("config", None), run.pop("fingerprints", None)
+        config = config or run_config
+        interval = interval or run.get("macro_f1_ci")
+        timings = run.pop("timings", None)
+        if isinstance(timings, dict) and timings:  # v1 documented samples_per_second but wrote images_per_second
+            speed = timings.get("images_per_second", timings.get("samples_per_second"))
+            run["timings"] = {"seconds": timings.get("seconds"), "images_per_second": speed}
+        keys = {k: run.get(k) for k in ("dataset", "checkpoint", "prompt")}
+        for j, p in enumerate(run.pop("predictions", None) or []):
+            p = p if isinstance(p, dict) else {}
+            predicted = p.get("predicted")
+            record = {**keys, "index": j, "source": p.get("id"), "truth": p.get("truth"), "predicted": predicted,
+                      "output": p.get("output", ""), "parseable": predicted is not None,
+                      "truncated": None}  # fmt: skip
+            records.append((f"runs[{i}].predictions[{j}]", record))
+        runs.append(run)
+    summary = {k: v for k, v in obj.items() if k not in ("schema", "runs")}
+    summary.update(schema=SCHEMA, runs=runs, data={"manifest": None, "splits": {}})
+    if isinstance(config, dict):
+        summary["generation"] = {k: config.get(k) for k in ("max_new_tokens", "decoding", "batch_size")}
+    if isinstance(interval, dict):
+        summary["bootstrap"] = {k: interval.get(k) for k in ("n_resamples", "seed", "confidence")}
+    return summary, records
 
 
 def load_results(path: str | Path) -> EvalResults:
-    """Read and validate a results file; raises ResultsError with the file name and the fault."""
+    """Read and validate a results summary (v2, or v1 upgraded in memory); raises ResultsError naming the file
+    and the field. Records are read on demand with ``results.iter_records()``."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultsError(f"{path}: cannot read results JSON: {e}") from None
-    try:
-        return EvalResults.from_dict(obj)
-    except ResultsError as e:
-        raise ResultsError(f"{path}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------- paper numbers
-
-
-@dataclass(frozen=True)
-class PaperTable:
-    """One of the paper's tables, as reported.
-
-    Tables 1-4 have `rows` (row key → values in `metrics` order); Tables 5-6 have `models`,
-    `per_label_f1` (label → one F1 per model) and `macro_f1` (one per model).
-    """
-
-    key: str
-    title: str
-    dataset: str
-    label_set: str
-    metrics: tuple[str, ...] = ()
-    rows: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    models: tuple[str, ...] = ()
-    per_label_f1: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    macro_f1: tuple[float, ...] = ()
-
-    def row(self, key: str) -> dict[str, float]:
-        """A row of Tables 1-4 as metric → value."""
-        return dict(zip(self.metrics, self.rows[key], strict=True))
-
-
-@cache
-def load_paper_tables() -> dict[str, PaperTable]:
-    """The paper's Tables 1-6 (``"table1"`` … ``"table6"``), checked for shape on load."""
-    data = json.loads(_PAPER_FILE.read_text())
-    tables = {}
-    for key, t in data["tables"].items():
-        table = PaperTable(
-            key=key,
-            title=t["title"],
-            dataset=t["dataset"],
-            label_set=t["label_set"],
-            metrics=tuple(t.get("metrics", ())),
-            rows={k: tuple(v) for k, v in t.get("rows", {}).items()},
-            models=tuple(t.get("models", ())),
-            per_label_f1={k: tuple(v) for k, v in t.get("per_label_f1", {}).items()},
-            macro_f1=tuple(t.get("macro_f1", ())),
-        )
-        for row, values in table.rows.items():
-            if len(values) != len(table.metrics):
-                raise ResultsError(f"paper {key} row {row!r}: {len(values)} values for {len(table.metrics)} metrics")
-        if table.per_label_f1:
-            if set(table.per_label_f1) != set(resolve_label_set(table.label_set)):
-                raise ResultsError(f"paper {key}: labels are not the {table.label_set} set")
-            if any(len(v) != len(table.models) for v in (*table.per_label_f1.values(), table.macro_f1)):
-                raise ResultsError(f"paper {key}: a row does not have one value per model")
-        tables[key] = table
-    return tables
-
-
-def paper_source() -> str:
-    """How to cite the paper's numbers in the app and README."""
-    data = json.loads(_PAPER_FILE.read_text())
-    return f"{data['paper']} (arXiv {data['arxiv']}) — {data['note']}"
+    schema = obj.get("schema") if isinstance(obj, dict) else None
+    if schema == SCHEMA_V1:
+        obj, memory = _upgrade_v1(obj, str(path))
+        results = _validated(EvalResults, obj, str(path))
+        results._memory = [_validated(Record, record, f"{path}: {where}") for where, record in memory]
+        return results
+    if schema != SCHEMA:
+        raise ResultsError(f"{path}: schema {schema!r} is not {SCHEMA!r}; re-run `python -m train.evaluate`")
+    results = _validated(EvalResults, obj, str(path))
+    results._folder = path.parent
+    return results

@@ -192,13 +192,12 @@ def test_bundled_examples_are_the_first_test_phantoms_redrawn():
     for (_, png), example in zip(draw_examples(), load_examples(), strict=True):
         bundled = np.asarray(Image.open(example.path))
         assert np.array_equal(bundled, np.asarray(Image.open(io.BytesIO(png)))), example.id
-    results = json.loads((REPO / "checkpoints" / "tiny" / "eval.json").read_text())
-    firsts = []
-    for run in results["runs"]:
-        if run["checkpoint"] == "base":
-            firsts += [p["id"] for p in run["predictions"][:3]]
+    summary = json.loads((REPO / "checkpoints" / "tiny" / "eval.json").read_text())
+    with (REPO / "checkpoints" / "tiny" / summary["records"]["file"]).open() as lines:
+        records = [json.loads(line) for line in lines]  # one per (split, checkpoint, image)
+    firsts = [r["source"] for r in records if r["checkpoint"] == "base" and r["index"] < 3]
     assert sorted(firsts) == sorted(EXAMPLE_IDS)
-    truths = {p["id"]: p["truth"] for run in results["runs"] for p in run["predictions"]}
+    truths = {r["source"]: r["truth"] for r in records}
     assert all(sorted(truths[e.id]) == sorted(e.truth) for e in load_examples())
 
 

@@ -1,9 +1,11 @@
 """`python -m train.evaluate`: every checkpoint on every test split, results that validate and re-score."""
 
+import json
+
 import pytest
 
 from chexreason.metrics import score
-from chexreason.results import load_results
+from chexreason.results import load_results, records_path
 from train import evaluate
 
 
@@ -28,10 +30,49 @@ def test_every_checkpoint_on_every_test_split(results):
 
 def test_stored_metrics_rescore_from_stored_predictions(results):
     for run in results.runs:
-        truth = [p["truth"] for p in run.predictions]
-        predicted = [p["predicted"] for p in run.predictions]
+        records = sorted(results.iter_records(run.dataset, run.checkpoint), key=lambda r: r.index)
+        truth = [r.truth for r in records]
+        predicted = [r.predicted for r in records]
         assert len(truth) == 3
         assert score(truth, predicted, run.label_set)["macro_f1"] == pytest.approx(run.metrics["macro_f1"])
+
+
+def test_summary_records_what_it_scored(results):
+    # Schema v2: the budget, the data and the weights scored, and the truncation rate from the records' flags.
+    assert results.records_file == records_path(results.records_file.parent / "eval.json")
+    assert results.generation.max_new_tokens == 12 and results.generation.decoding == "greedy"
+    assert set(results.data.splits) == {"test_phantom_a", "test_phantom_b"} and results.data.manifest
+    assert results.data.splits["test_phantom_a"].images == "phantom-a"
+    weights = results.checkpoints
+    assert weights["base"].adapter is None and weights["base"].base == weights["sft"].base
+    assert weights["sft"].adapter.kind == "sha256" and weights["sft"].digest != weights["grpo"].digest
+    for run in results.runs:
+        flags = [r.truncated for r in results.iter_records(run.dataset, run.checkpoint)]
+        assert run.truncation_rate == pytest.approx(sum(flags) / len(flags))
+    assert any(r.truncated for r in results.iter_records()), "12 tokens cut every random-model answer off"
+    assert all(r.source.startswith("phantom-") for r in results.iter_records())
+    assert set(results.runs[0].timings) == {"seconds", "images_per_second"}
+
+
+def test_truncation_rate_is_the_share_of_truncated_records(tiny_set, data_recipe, tmp_path, monkeypatch):
+    # The records' truncated flags come from the model set's completions; a mixed pass gives a fraction.
+    from chexreason.modeling import Completion, ModelSet
+
+    real = ModelSet.complete_batch
+
+    def some_cut(self, *args, **kwargs):
+        rows = real(self, *args, **kwargs)
+        return [[Completion(c.text, c.n_tokens, truncated=i % 3 == 0) for c in row] for i, row in enumerate(rows)]
+
+    monkeypatch.setattr(ModelSet, "complete_batch", some_cut)
+    out = tmp_path / "eval.json"
+    evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--datasets", "test_phantom_a",
+                   "--limit", "3", "--n_resamples", "20", "--max_new_tokens", "4", "--out", str(out)])  # fmt: skip
+    results = load_results(out)
+    assert [run.truncation_rate for run in results.runs] == [pytest.approx(1 / 3)] * 3
+    assert [r.truncated for r in results.iter_records(checkpoint="sft")] == [True, False, False]
+    summary = json.loads(out.read_text())
+    assert summary["records"]["file"] == "eval.records.jsonl" and summary["records"]["n"] == 9
 
 
 def test_unknown_split_is_a_message(tiny_set, data_recipe):
@@ -48,6 +89,9 @@ def test_prompt_sweep_on_one_checkpoint(tiny_set, data_recipe, tmp_path):
     results = load_results(out)
     assert [(r.checkpoint, r.prompt) for r in results.runs] == [("sft", "reasoning_a"), ("sft", "reasoning_narrative")]
     assert results.comparisons == []
+    assert results.run("sft", "test_phantom_a", "reasoning_narrative").prompt == "reasoning_narrative"
+    assert len(list(results.iter_records(prompt="reasoning_a"))) == 2
+    assert (tmp_path / "prompts.records.jsonl").is_file()
 
 
 def test_unknown_prompt_or_checkpoint_is_a_message(tiny_set, data_recipe):
@@ -56,3 +100,20 @@ def test_unknown_prompt_or_checkpoint_is_a_message(tiny_set, data_recipe):
     with pytest.raises(SystemExit, match="no checkpoint"):
         evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--checkpoint", "rlhf",
                        "--prompts", "reasoning_a"])  # fmt: skip
+
+
+def test_real_images_are_recorded_relative_to_their_image_folder(tmp_path):
+    from datasets import Dataset
+
+    from chexreason.evaluation import image_sources
+
+    rows = {"id": [str(tmp_path / "CheXpert-v1.0" / "valid" / "p1" / "view1.jpg"), "phantom-a-0-000001"],
+            "dataset": ["chexpert", "phantom-a"]}  # fmt: skip
+    assert image_sources(Dataset.from_dict(rows), {"chexpert": tmp_path}) == [
+        "CheXpert-v1.0/valid/p1/view1.jpg",
+        "phantom-a-0-000001",
+    ]
+    with pytest.raises(ValueError, match="absolute path"):
+        image_sources(Dataset.from_dict(rows))  # no image folder known: never an absolute path in the records
+    with pytest.raises(ValueError, match="not inside the chexpert image folder"):
+        image_sources(Dataset.from_dict(rows), {"chexpert": tmp_path / "elsewhere"})

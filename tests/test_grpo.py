@@ -346,8 +346,10 @@ def test_export_bundles_a_loadable_evaluated_model_set(tiny, sft_adapter, data_r
     models = load_model_set(export / "model_set.yaml")
     assert models.checkpoints == ("base", "sft", "grpo")
     assert not any("ref" in p.name for p in (export / "grpo").iterdir())
-    assert {r.checkpoint for r in load_results(export / "eval.json").runs} == {"base", "sft", "grpo"}
+    results = load_results(export / "eval.json")
+    assert {r.checkpoint for r in results.runs} == set(results.checkpoints) == {"base", "sft", "grpo"}
+    assert results.records_file == export / "eval.records.jsonl"
     card = (export / "README.md").read_text()
-    assert "not for diagnosis" in card and "grpo − sft" in card
+    assert "not for diagnosis" in card and "grpo − sft" in card and "truncation rate" in card
     assert "python -m train.grpo --config " in card and "--max_steps 1" in card  # the command that made it
     assert (export / "logs" / "grpo_log.json").exists()

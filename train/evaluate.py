@@ -6,7 +6,8 @@
 Greedy, batched generation (all checkpoints sharing a base in one batch), scored with `chexreason.metrics` on
 each set's label set (chexpert14 for site a / CheXpert, nih9 for site b / NIH), with bootstrap intervals for
 each macro-F1 and paired intervals for each consecutive difference (SFT − base, GRPO − SFT). Writes the results
-JSON (schema `chexreason.eval/1`) next to the model set unless ``--out`` says otherwise. Ran on a 2-core CPU.
+(schema `chexreason.eval/2`: the summary JSON and its per-image records, ``eval.records.jsonl``, beside it) next
+to the model set unless ``--out`` says otherwise. Ran on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import sys
 from pathlib import Path
 
 from chexreason.data.build import MANIFEST, build_datasets, load_built
-from chexreason.evaluation import evaluate
-from chexreason.modeling import ModelSetError, load_model_set, resolve_model_set_path
+from chexreason.evaluation import write_evaluation
+from chexreason.modeling import GenerationSettings, ModelSetError, load_model_set, resolve_model_set_path
 from chexreason.prompts import get_prompt
-from chexreason.results import save_results
-from train.configs import read_data_config
+from train.configs import DataConfig, read_data_config
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--n_resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_predictions", action="store_true", help="leave per-image outputs out of the JSON")
+    parser.add_argument("--no_predictions", action="store_true", help="write no per-image records file")
     parser.add_argument("--prompts", nargs="+", help="sweep these prompt variants (e.g. the paper's Table 1 keys) ...")
     parser.add_argument("--checkpoint", help="... on this checkpoint of the set (default: its first)")
     parser.add_argument(
@@ -67,24 +67,25 @@ def main(argv: list[str] | None = None) -> Path:
         sys.exit(f"train.evaluate: no split {unknown} in {data.output_dir}; there are {sorted(built)}")
     datasets = {n: built[n].select(range(min(args.limit, len(built[n])))) if args.limit else built[n] for n in names}
     manifest = json.loads((Path(data.output_dir) / MANIFEST).read_text())
-    results = evaluate(
+    out = Path(args.out) if args.out else model_path.parent / ("prompts.json" if args.prompts else "eval.json")
+    results = write_evaluation(
+        out,
         model_set,
         datasets,
+        keep_records=not args.no_predictions,
         data_fingerprint=manifest["fingerprint"],
+        settings=GenerationSettings(max_new_tokens=args.max_new_tokens),
         batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
         n_resamples=args.n_resamples,
         seed=args.seed,
-        keep_predictions=not args.no_predictions,
+        image_roots=image_roots(data),
         sweep=(args.checkpoint or model_set.checkpoints[0], args.prompts) if args.prompts else None,
     )
-    out = Path(args.out) if args.out else model_path.parent / ("prompts.json" if args.prompts else "eval.json")
-    save_results(results, out)
     for run in results.runs:
         ci = run.macro_f1_ci
         print(
             f"{run.dataset:>16} {run.checkpoint:>8}  macro-F1 {ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
-            f"  fail {run.metrics['fail_rate']:.3f}"
+            f"  fail {run.metrics['fail_rate']:.3f}  truncated {run.truncation_rate:.3f}"
         )
     for c in results.comparisons:
         d = c.macro_f1_difference
@@ -92,6 +93,14 @@ def main(argv: list[str] | None = None) -> Path:
             f"{c.dataset:>16} {c.candidate} - {c.baseline}: {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
         )
     return out
+
+
+def image_roots(data: DataConfig) -> dict[str, str | None]:
+    """The image folder of each real dataset, that records name their images relative to (phantoms: by id)."""
+    chexpert = data.chexpert_root or (
+        str(Path(data.chexpert_test_csv).parent.parent) if data.chexpert_test_csv else None
+    )
+    return {"mimic-cxr": data.mimic_root, "chexpert": chexpert, "nih": data.nih_images}
 
 
 if __name__ == "__main__":

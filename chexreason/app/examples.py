@@ -2,8 +2,8 @@
 
     python -m chexreason.app.examples      # (re)writes chexreason/app/examples/
 
-The examples are the first three test phantoms of each site in the bundled evaluation
-(checkpoints/tiny/eval.json: held out from training, not picked for looks), drawn by `chexreason.data.phantom` at
+The examples are the first three test phantoms of each site in the bundled evaluation (the records of
+checkpoints/tiny/eval.json: held out from training, not picked for looks), drawn by `chexreason.data.phantom` at
 the test size. A test regenerates them and checks
 the bundled files match. Ground truth is looked up by the SHA-256 of an upload's bytes, so it is shown only
 for the bundled files themselves, never for an upload that merely shares a file name.
@@ -26,8 +26,8 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 INDEX_FILE = EXAMPLES_DIR / "examples.json"
 SITE_NAMES = {"a": "site a (CheXpert-like, in-distribution)", "b": "site b (NIH-like, cross-dataset)"}
 
-# The first three test phantoms of each site in checkpoints/tiny/eval.json (a test checks this), drawn at the
-# tiny recipe's image_size (train/recipes/tiny/data.yaml).
+# The first three test phantoms of each site in checkpoints/tiny/eval.records.jsonl (a test checks this), drawn
+# at the tiny recipe's image_size (train/recipes/tiny/data.yaml).
 EXAMPLE_IDS = (
     "phantom-a-0-003104",
     "phantom-a-0-003105",

@@ -146,7 +146,8 @@ def paper_figure(tables: Sequence[PaperTable]) -> go.Figure:
 
 
 def metrics_rows(results: EvalResults, titles: Mapping[str, str]) -> list[list]:
-    """One row per run: checkpoint, dataset, n, micro/macro P/R/F1, fail rate."""
+    """One row per run: checkpoint, dataset, n, micro/macro P/R/F1, fail rate, truncation rate ("—": not
+    recorded, a v1 results file)."""
     rows = []
     for dataset, _ in _datasets(results):
         for name, title in titles.items():
@@ -155,13 +156,14 @@ def metrics_rows(results: EvalResults, titles: Mapping[str, str]) -> list[list]:
                 continue
             m = run.metrics
             keys = ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
+            truncated = "—" if run.truncation_rate is None else round(run.truncation_rate, 3)
             rows.append([title, dataset.removeprefix("test_"), m["n"], *(round(m[k], 3) for k in keys),
-                         round(m["fail_rate"], 3)])  # fmt: skip
+                         round(m["fail_rate"], 3), truncated])  # fmt: skip
     return rows
 
 
 METRICS_HEADERS = ["Checkpoint", "Dataset", "n", "micro P", "micro R", "micro F1", "macro P", "macro R", "macro F1",
-                   "fail rate"]  # fmt: skip
+                   "fail rate", "truncation rate"]  # fmt: skip
 
 
 def comparison_rows(results: EvalResults, titles: Mapping[str, str]) -> list[list]:

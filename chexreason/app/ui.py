@@ -181,8 +181,9 @@ def _our_results(comparer: Comparer, path: Path) -> None:
         gr.Markdown(f"The results file `{path.name}` could not be read: {err}")
         return
     titles = {name: comparer.titles[name] for name in comparer.names}
-    config = results.runs[0].config if results.runs else {}
-    source = f"Source: {path.name} ({results.created}), `python -m train.evaluate`, {config.get('decoding', '')}"
+    budget = results.generation
+    decoding = f"{budget.decoding}, at most {budget.max_new_tokens} new tokens" if budget else "decoding not recorded"
+    source = f"Source: {path.name} ({results.created}), `python -m train.evaluate`, {decoding}"
     gr.Markdown(
         "## Our evaluation\nIn-distribution (the training data's site and labels) against cross-dataset (the "
         "other site, scored on its own label set). Intervals: 95% bootstrap over images; differences are paired. "
@@ -190,7 +191,8 @@ def _our_results(comparer: Comparer, path: Path) -> None:
     )
     gr.Plot(plots.macro_f1_figure(results, titles, source), elem_id="plot-macro-f1", show_label=False)
     gr.Dataframe(plots.metrics_rows(results, titles), headers=plots.METRICS_HEADERS, interactive=False,
-                 label="Micro / macro precision, recall, F1 and fail rate (unparseable outputs)")  # fmt: skip
+                 label="Micro / macro precision, recall, F1, fail rate (unparseable outputs) and truncation rate "
+                       "(outputs that hit the token budget without a stop token)")  # fmt: skip
     if results.comparisons:
         gr.Dataframe(plots.comparison_rows(results, titles), headers=plots.COMPARISON_HEADERS, interactive=False,
                      label="Paired bootstrap differences of macro-F1")  # fmt: skip

@@ -57,6 +57,7 @@ def export_model_set(
 
 def model_card(results: EvalResults, command: str) -> str:
     """A README for an exported model set: what it is, how it was made, its measured numbers."""
+    budget = f"{results.generation.max_new_tokens}-token" if results.generation else "token"
     lines = [
         f"# {results.model_set}: base, SFT and GRPO checkpoints of the ChexReason tiny recipe",
         "",
@@ -66,17 +67,20 @@ def model_card(results: EvalResults, command: str) -> str:
         "",
         f"Made from nothing by `{command}`: data → base stage → LoRA SFT → GRPO, then",
         "`python -m train.evaluate` on both phantom sites. `grpo` is the policy with the best validation",
-        "macro-F1 (the paper's Table 4 selection); training logs are in `logs/`, results in `eval.json`.",
+        "macro-F1 (the paper's Table 4 selection); training logs are in `logs/`, results in `eval.json` and",
+        "`eval.records.jsonl` (every answer). Fail rate: answers that could not be parsed; truncation rate:",
+        f"answers that hit the {budget} budget without a stop token.",
         "",
-        "| split | label set | checkpoint | macro-F1 (95% bootstrap CI) | micro-F1 | fail rate |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| split | label set | checkpoint | macro-F1 (95% bootstrap CI) | micro-F1 | fail rate | truncation rate |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in results.runs:
         ci = run.macro_f1_ci or {"estimate": run.metrics["macro_f1"], "low": float("nan"), "high": float("nan")}
+        truncated = "—" if run.truncation_rate is None else f"{run.truncation_rate:.3f}"  # None: a v1 file
         lines.append(
             f"| {run.dataset} (n={run.metrics['n']}) | {run.label_set} | {run.checkpoint} | "
             f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] | {run.metrics['micro_f1']:.3f} | "
-            f"{run.metrics['fail_rate']:.3f} |"
+            f"{run.metrics['fail_rate']:.3f} | {truncated} |"
         )
     lines += ["", "| split | difference | estimate (95% paired bootstrap CI) |", "| --- | --- | --- |"]
     for c in results.comparisons:

@@ -21,6 +21,10 @@ def test_tiny_recipe_from_nothing(tmp_path, monkeypatch):
 
     results = load_results(export / "eval.json")
     run = {(r.checkpoint, r.dataset): r for r in results.runs}
+    # Results v2: per-image records beside the summary, a truncation rate per run, the weights scored.
+    assert results.records.n == sum(r.metrics["n"] for r in results.runs)
+    assert set(results.checkpoints) == {"base", "sft", "grpo"}
+    assert all(r.truncation_rate is not None for r in results.runs)
     diff = {(c.dataset, c.baseline, c.candidate): c.macro_f1_difference for c in results.comparisons}
     # The tiny recipe's pass criteria (training issue): the base mostly answers in the format ...
     assert run["base", "test_phantom_a"].metrics["fail_rate"] < 0.5
