@@ -33,6 +33,7 @@ from chexreason.results import (
 
 logger = logging.getLogger(__name__)
 EVAL_SETTINGS = GenerationSettings(max_new_tokens=256)  # greedy; `python -m train.evaluate`'s default budget
+EVAL_BATCH_SIZE = 64  # images per generate call: on the tiny set the same outputs as 16, 17% faster
 CONFIDENCE = 0.95  # of every bootstrap interval (chexreason.metrics' default)
 
 
@@ -64,7 +65,7 @@ def evaluate(
     datasets: Mapping[str, Dataset],
     data_fingerprint: str | None = None,
     settings: GenerationSettings = EVAL_SETTINGS,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     n_resamples: int = 2000,
     seed: int = 0,
     records: RecordWriter | None = None,

@@ -14,6 +14,7 @@ import yaml
 from train.configs import (
     LM_PROJECTIONS,
     PAPER_GRPO,
+    EvaluateConfig,
     GRPOStageConfig,
     ModelArguments,
     SFTStageConfig,
@@ -67,8 +68,43 @@ def test_every_recipe_is_tested():
     tested |= {RECIPES / "accelerate" / name for name, *_ in ACCELERATE_CASES}
     tested |= {RECIPES / "medgemma-4b" / f"data_{fmt}.yaml" for fmt in FORMATS}
     tested |= {RECIPES / "medgemma-4b" / "architecture.yaml"}  # tests/test_paper_architecture.py
+    tested |= {RECIPES / "medgemma-4b" / "evaluate.yaml"}  # test_evaluate_recipes_parse below
     found = {p for d in ("medgemma-4b", "qwen2.5-vl-3b", "accelerate") for p in (RECIPES / d).glob("*.yaml")}
     assert found == tested
+
+
+def test_evaluate_recipes_parse_and_name_what_exists():
+    from trl import TrlParser
+
+    from chexreason.modeling import read_model_set
+
+    def parse_evaluate(recipe: Path) -> EvaluateConfig:
+        return TrlParser(EvaluateConfig).parse_args_and_config(args=["--config", str(recipe)])[0]
+
+    tiny = parse_evaluate(RECIPES / "tiny" / "evaluate.yaml")
+    defaults = EvaluateConfig(models="x")
+    assert (tiny.batch_size, tiny.max_new_tokens, tiny.n_resamples, tiny.seed) == (
+        defaults.batch_size,
+        defaults.max_new_tokens,
+        defaults.n_resamples,
+        defaults.seed,
+    )  # the tiny recipe writes down what python -m train.evaluate does by default (the bundled eval.json's run)
+    assert read_model_set(tiny.models).name == "tiny" and read_data_config(tiny.data_config).source == "phantom"
+    paper = parse_evaluate(RECIPES / "medgemma-4b" / "evaluate.yaml")
+    assert paper.max_new_tokens == raw(str(RECIPES / "medgemma-4b" / "grpo_hard.yaml"))["max_completion_length"]
+    assert read_model_set(paper.models, check_paths=False).name == "medgemma-4b-paper"
+    assert read_data_config(paper.data_config).answer_format == "free_reasoning"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({}, "models is required"), ({"models": "tiny", "limit": 0}, "limit must be at least 1"),
+     ({"models": "tiny", "prompts": ["reasoning_z"]}, "unknown prompt"),
+     ({"models": "tiny", "batch_size": 0}, "batch_size and max_new_tokens")],
+)  # fmt: skip
+def test_evaluate_config_refuses_bad_values(fields, message):
+    with pytest.raises(ValueError, match=message):
+        EvaluateConfig(**fields)
 
 
 @pytest.mark.parametrize(("name", "model_id", "fmt", "pixels"), SFT_CASES)

@@ -14,7 +14,9 @@ from trl import GRPOConfig, SFTConfig
 
 from chexreason.config_checks import requirement
 from chexreason.data.config import DATA_SOURCES, TEACHERS, DataConfig, read_data_config
+from chexreason.evaluation import EVAL_BATCH_SIZE, EVAL_SETTINGS
 from chexreason.loading import DTYPES
+from chexreason.prompts import get_prompt
 from chexreason.rewards import REWARD_FACTORIES
 from chexreason.training.common import LM_PROJECTIONS
 
@@ -26,6 +28,7 @@ __all__ = [
     "TEACHERS",
     "BaseStageConfig",
     "DataConfig",
+    "EvaluateConfig",
     "GRPOStageConfig",
     "ModelArguments",
     "SFTStageConfig",
@@ -152,6 +155,52 @@ class SFTStageConfig(SFTConfig):
         if str(self.eval_strategy) == "no" or str(self.eval_strategy) != str(self.save_strategy):
             raise ValueError("sft config: early stopping needs eval_strategy == save_strategy (e.g. both 'epoch')")
         super().__post_init__()
+
+
+@dataclass
+class EvaluateConfig:
+    """Scoring a model set on the evaluation splits of a data build (`python -m train.evaluate`)."""
+
+    models: str | None = field(
+        default=None, metadata={"help": "The model set: a model-set YAML, or a bundled name such as 'tiny'."}
+    )
+    data_config: str = field(
+        default="train/recipes/tiny/data.yaml",
+        metadata={"help": "Data recipe whose splits to score (built if needed)."},
+    )
+    datasets: list[str] | None = field(
+        default=None, metadata={"help": "Splits to score (default: every test_* split of the build)."}
+    )
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N images of each split."})
+    batch_size: int = field(
+        default=EVAL_BATCH_SIZE,
+        metadata={"help": "Images per generate call (64: the same outputs as 16 on the tiny set, faster)."},
+    )
+    max_new_tokens: int = field(
+        default=EVAL_SETTINGS.max_new_tokens, metadata={"help": "The generation budget of every answer (greedy)."}
+    )
+    n_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of every interval."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    no_predictions: bool = field(default=False, metadata={"help": "Write no per-image records file."})
+    prompts: list[str] | None = field(
+        default=None, metadata={"help": "Sweep these prompt variants (e.g. the paper's Table 1 keys) ..."}
+    )
+    checkpoint: str | None = field(
+        default=None, metadata={"help": "... on this checkpoint of the set (default: its first)."}
+    )
+    out: str | None = field(
+        default=None,
+        metadata={"help": "Results summary (default: eval.json, or prompts.json for a sweep, beside the set)."},
+    )
+
+    def __post_init__(self) -> None:
+        need = requirement("evaluate config")
+        need(bool(self.models), "models is required: a model-set YAML or a bundled name such as 'tiny'")
+        need(self.batch_size >= 1 and self.max_new_tokens >= 1, "batch_size and max_new_tokens must be at least 1")
+        need(self.limit is None or self.limit >= 1, "limit must be at least 1")
+        need(self.n_resamples >= 1, "n_resamples must be at least 1")
+        for key in self.prompts or ():
+            get_prompt(key)  # its ValueError names the known prompts
 
 
 # ---------------------------------------------------------------------------------------------- GRPO

@@ -1,5 +1,6 @@
 """Evaluate every checkpoint of a model set on the evaluation sets of a data build.
 
+    python -m train.evaluate --config train/recipes/tiny/evaluate.yaml    # the bundled set on both phantom sites
     python -m train.evaluate --models checkpoints/tiny/model_set.yaml --data_config train/recipes/tiny/data.yaml
     python -m train.evaluate --models tiny --checkpoint base --prompts reasoning_a reasoning_e   # Table 1-style sweep
 
@@ -12,74 +13,48 @@ to the model set unless ``--out`` says otherwise. Ran on a 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from chexreason.data.build import MANIFEST, build_datasets, load_built
+from chexreason.data.build import MANIFEST, build_datasets, head, load_built
 from chexreason.evaluation import write_evaluation
 from chexreason.modeling import GenerationSettings, ModelSetError, load_model_set, resolve_model_set_path
-from chexreason.prompts import get_prompt
-from train.configs import DataConfig, read_data_config
+from train import log_to_console
+from train.configs import DataConfig, EvaluateConfig, parse_stage
 
 
 def main(argv: list[str] | None = None) -> Path:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", required=True, help="model set: a YAML path or a bundled name such as 'tiny'")
-    parser.add_argument("--data_config", default="train/recipes/tiny/data.yaml", help="data recipe (built if needed)")
-    parser.add_argument("--datasets", nargs="*", help="splits to score (default: every test_* split)")
-    parser.add_argument("--limit", type=int, help="score only the first N images of each split")
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        default=64,
-        help="images per generate call (64: on the tiny set the same outputs as 16, 17%% faster; "
-        "lower it on a small GPU)",
-    )
-    parser.add_argument("--max_new_tokens", type=int, default=256)
-    parser.add_argument("--n_resamples", type=int, default=2000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_predictions", action="store_true", help="write no per-image records file")
-    parser.add_argument("--prompts", nargs="+", help="sweep these prompt variants (e.g. the paper's Table 1 keys) ...")
-    parser.add_argument("--checkpoint", help="... on this checkpoint of the set (default: its first)")
-    parser.add_argument(
-        "--out", help="results JSON (default: eval.json, or prompts.json for a sweep, next to the set)"
-    )
-    args = parser.parse_args(argv)
+    log_to_console()
+    config, data = parse_stage("train.evaluate", (EvaluateConfig,), argv)
     try:
-        data = read_data_config(args.data_config)
-        model_path = resolve_model_set_path(args.models)
+        model_path = resolve_model_set_path(config.models)
         model_set = load_model_set(model_path)
-        for key in args.prompts or ():
-            get_prompt(key)
-        if args.checkpoint and args.checkpoint not in model_set.checkpoints:
-            raise ValueError(f"no checkpoint {args.checkpoint!r} in the set; it has {list(model_set.checkpoints)}")
+        if config.checkpoint and config.checkpoint not in model_set.checkpoints:
+            raise ValueError(f"no checkpoint {config.checkpoint!r} in the set; it has {list(model_set.checkpoints)}")
     except (ValueError, ModelSetError, FileNotFoundError) as error:
         sys.exit(f"train.evaluate: {error}")
     build_datasets(data)
     built = load_built(data.output_dir)
-    names = args.datasets or [name for name in built if name.startswith("test_")]
+    names = config.datasets or [name for name in built if name.startswith("test_")]
     unknown = sorted(set(names) - set(built))
     if unknown:
         sys.exit(f"train.evaluate: no split {unknown} in {data.output_dir}; there are {sorted(built)}")
-    datasets = {n: built[n].select(range(min(args.limit, len(built[n])))) if args.limit else built[n] for n in names}
+    datasets = {name: head(built[name], config.limit) for name in names}
     manifest = json.loads((Path(data.output_dir) / MANIFEST).read_text())
-    out = Path(args.out) if args.out else model_path.parent / ("prompts.json" if args.prompts else "eval.json")
+    out = Path(config.out) if config.out else model_path.parent / ("prompts.json" if config.prompts else "eval.json")
     results = write_evaluation(
         out,
         model_set,
         datasets,
-        keep_records=not args.no_predictions,
+        keep_records=not config.no_predictions,
         data_fingerprint=manifest["fingerprint"],
-        settings=GenerationSettings(max_new_tokens=args.max_new_tokens),
-        batch_size=args.batch_size,
-        n_resamples=args.n_resamples,
-        seed=args.seed,
+        settings=GenerationSettings(max_new_tokens=config.max_new_tokens),
+        batch_size=config.batch_size,
+        n_resamples=config.n_resamples,
+        seed=config.seed,
         image_roots=image_roots(data),
-        sweep=(args.checkpoint or model_set.checkpoints[0], args.prompts) if args.prompts else None,
+        sweep=(config.checkpoint or model_set.checkpoints[0], config.prompts) if config.prompts else None,
     )
     for run in results.runs:
         ci = run.macro_f1_ci

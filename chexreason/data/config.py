@@ -34,7 +34,7 @@ class DataConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the phantom generator and of the patient shuffle."})
     sft_samples: int = field(default=2000, metadata={"help": "SFT examples, validation included (paper: 2,000)."})
     sft_validation_fraction: float = field(
-        default=0.1, metadata={"help": "Share of the SFT examples held out for validation (paper: 10%)."}
+        default=0.1, metadata={"help": "Share of the SFT examples held out for validation (paper: a tenth)."}
     )
     rl_samples: int = field(default=1000, metadata={"help": "GRPO prompts (paper: 1,000)."})
     uncertainty_policy: str = field(
