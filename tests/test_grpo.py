@@ -353,3 +353,17 @@ def test_export_bundles_a_loadable_evaluated_model_set(tiny, sft_adapter, data_r
     assert "not for diagnosis" in card and "grpo − sft" in card and "truncation rate" in card
     assert "python -m train.grpo --config " in card and "--max_steps 1" in card  # the command that made it
     assert (export / "logs" / "grpo_log.json").exists()
+
+
+def test_model_card_warns_of_phantoms_only_when_it_was_scored_on_phantoms():
+    from chexreason.results import load_results
+    from chexreason.training.export import model_card
+
+    results = load_results("checkpoints/tiny/eval.json")
+    card = model_card(results, "python -m train.grpo --config x.yaml", "MedGemma-4B, SFT and GRPO.")
+    assert "Synthetic phantoms only" in card and "MedGemma-4B, SFT and GRPO." in card
+    real = results.model_copy(deep=True)
+    for split in real.data.splits.values():
+        object.__setattr__(split, "images", "chexpert")
+    card = model_card(real, "python -m train.grpo --config x.yaml")
+    assert "phantoms" not in card and "not for diagnosis" in card

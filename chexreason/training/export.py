@@ -55,18 +55,26 @@ def export_model_set(
     return path
 
 
-def model_card(results: EvalResults, command: str) -> str:
-    """A README for an exported model set: what it is, how it was made, its measured numbers."""
+def model_card(results: EvalResults, command: str, description: str = "") -> str:
+    """A README for an exported model set: what it is (its `description`), how it was made, its measured numbers."""
     budget = f"{results.generation.max_new_tokens}-token" if results.generation else "token"
+    splits = results.data.splits.values() if results.data else ()
+    on_phantoms = any((split.images or "").startswith("phantom") for split in splits)
+    warning = (
+        "**Synthetic phantoms only — a research demonstration, not for diagnosis.** Its numbers come from "
+        "procedurally drawn chest radiograph phantoms (see the repository README) and say nothing about "
+        "real X-rays."
+        if on_phantoms
+        else "**Research software — a research demonstration, not for diagnosis.**"
+    )
     lines = [
-        f"# {results.model_set}: base, SFT and GRPO checkpoints of the ChexReason tiny recipe",
+        f"# {results.model_set}: base, SFT and GRPO checkpoints of a ChexReason SFT → GRPO run",
         "",
-        "**Synthetic phantoms only — a research demonstration, not for diagnosis.** A 1.2 M-parameter",
-        "random-initialised Gemma3 (MedGemma's architecture) trained on procedurally drawn chest radiograph",
-        "phantoms (see the repository README); its numbers say nothing about real X-rays.",
+        *([description.strip(), ""] if description.strip() else []),
+        warning,
         "",
-        f"Made from nothing by `{command}`: data → base stage → LoRA SFT → GRPO, then",
-        "`python -m train.evaluate` on both phantom sites. `grpo` is the policy with the best validation",
+        f"Made by `{command}` (with every stage it needed first: data, base, LoRA SFT; see `train.recipe`), then",
+        "`python -m train.evaluate` on the evaluation splits. `grpo` is the policy with the best validation",
         "macro-F1 (the paper's Table 4 selection); training logs are in `logs/`, results in `eval.json` and",
         "`eval.records.jsonl` (every answer). Fail rate: answers that could not be parsed; truncation rate:",
         f"answers that hit the {budget} budget without a stop token.",
@@ -92,8 +100,11 @@ def model_card(results: EvalResults, command: str) -> str:
 
 
 def write_model_card(dest: str | Path, results_path: str | Path, command: str) -> Path:
+    """Write `dest`/README.md from the results file, with the description of `dest`/model_set.yaml."""
+    from chexreason.model_set_spec import read_model_set
     from chexreason.results import load_results
 
     path = Path(dest) / "README.md"
-    path.write_text(model_card(load_results(results_path), command))
+    description = read_model_set(Path(dest) / "model_set.yaml", check_paths=False).description
+    path.write_text(model_card(load_results(results_path), command, description))
     return path
