@@ -40,6 +40,7 @@ from chexreason.images import ImageError, load_image_with_info
 from chexreason.labels import in_canonical_order
 from chexreason.modeling import (
     DEFAULT_MAX_NEW_TOKENS,
+    GenerationSettings,
     ModelSet,
     ModelSetError,
     load_model_set,
@@ -191,11 +192,12 @@ def predict_files(
 ) -> Summary:
     """Label `files` batch by batch, writing rows as they come; returns the summary counts."""
     summary = Summary(model_set.checkpoints, files=len(files))
+    settings = GenerationSettings(max_new_tokens)  # greedy
     with tqdm(total=len(files), unit="file", desc="labelling", disable=not progress) as bar:
         for chunk in _chunks(files, batch_size):
             loaded = {path: _read(path) for path in chunk}
             readable = [path for path, value in loaded.items() if isinstance(value, Image.Image)]
-            outputs = model_set.generate([loaded[p] for p in readable], prompt=prompt, max_new_tokens=max_new_tokens)
+            outputs = model_set.generate([loaded[p] for p in readable], prompt=prompt, settings=settings)
             texts: dict[Path, Sequence[str] | str] = dict(zip(readable, outputs, strict=True))
             for path in chunk:
                 if path not in texts:

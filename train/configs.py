@@ -14,6 +14,7 @@ from trl import GRPOConfig, SFTConfig
 
 from chexreason.config_checks import requirement
 from chexreason.data.config import DATA_SOURCES, TEACHERS, DataConfig, read_data_config
+from chexreason.decoding import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from chexreason.evaluation import EVAL_BATCH_SIZE, EVAL_SETTINGS
 from chexreason.loading import DTYPES
 from chexreason.prompts import get_prompt
@@ -216,8 +217,8 @@ PAPER_GRPO: dict[str, object] = {
     "epsilon_high": 0.22,
     "importance_sampling_level": "token",
     "num_generations": 4,
-    "temperature": 0.8,
-    "top_p": 0.95,
+    "temperature": DEFAULT_TEMPERATURE,  # 0.8, also every sampled answer's default (chexreason.decoding)
+    "top_p": DEFAULT_TOP_P,  # 0.95
 }
 
 
