@@ -15,7 +15,7 @@ import time
 import torch
 
 from chexreason.data.build import load_built
-from chexreason.modeling import load_model_set
+from chexreason.modeling import GenerationSettings, load_model_set
 
 
 def main() -> None:
@@ -31,14 +31,14 @@ def main() -> None:
 
     models = load_model_set(args.models)
     images = [im.convert("RGB") for im in load_built(args.data)[args.split].select(range(args.images))["image"]]
-    names, settings = [args.checkpoint], {"max_new_tokens": args.max_new_tokens}
-    models.generate(images[:2], names, **settings)  # warm-up: lazy imports and first-call allocations
+    names, settings = [args.checkpoint], GenerationSettings(max_new_tokens=args.max_new_tokens)
+    models.generate(images[:2], names, settings=settings)  # warm-up: lazy imports and first-call allocations
 
     start = time.perf_counter()
-    single = [models.generate([image], names, **settings)[0] for image in images]
+    single = [models.generate([image], names, settings=settings)[0] for image in images]
     single_s = time.perf_counter() - start
     start = time.perf_counter()
-    batched = models.generate_batch(images, names, batch_size=args.batch_size, progress=False, **settings)
+    batched = models.generate_batch(images, names, batch_size=args.batch_size, progress=False, settings=settings)
     batched_s = time.perf_counter() - start
 
     same = sum(a == b for a, b in zip(single, batched, strict=True))

@@ -167,8 +167,8 @@ class ModelSet:
         images: Sequence[Image.Image | str | Path | bytes],
         checkpoint_names: Sequence[str] | None = None,
         prompt: str | None = None,
+        *,
         settings: GenerationSettings | None = None,
-        **decoding: Any,
     ) -> list[list[str]]:
         """Ask every requested checkpoint about every image; returns ``[image][checkpoint]`` completions.
 
@@ -178,11 +178,10 @@ class ModelSet:
             images: PIL images (any mode), or files / bytes loaded with `chexreason.images.load_image`.
             checkpoint_names: which checkpoints, in the order of the returned lists (default: all).
             prompt: a prompt key asked of every checkpoint instead of each one's own.
-            settings: how to decode (default: greedy, `GenerationSettings`); or its fields as keywords
-                (``max_new_tokens=64, do_sample=True, seed=0``). Sampling rows are seeded from (seed, checkpoint,
-                image index).
+            settings: how to decode (default: greedy, `GenerationSettings`); sampling rows are seeded from
+                (seed, checkpoint, image index).
         """
-        settings = _settings(settings, decoding)
+        settings = _settings(settings)
         rows = self._generate([_as_rgb(image) for image in images], self._names(checkpoint_names), prompt, settings)
         return _texts(rows)
 
@@ -203,8 +202,8 @@ class ModelSet:
         batch_size: int = 8,
         progress: bool = True,
         total: int | None = None,
+        *,
         settings: GenerationSettings | None = None,
-        **decoding: Any,
     ) -> list[list[Completion]]:
         """Like `generate_batch`, with each answer's token count and whether it was cut off (`Completion`).
 
@@ -213,7 +212,7 @@ class ModelSet:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        settings = _settings(settings, decoding)
+        settings = _settings(settings)
         names = self._names(checkpoint_names)
         if total is None and isinstance(images, Sequence):
             total = len(images)
@@ -236,8 +235,8 @@ class ModelSet:
         image: Image.Image | str | Path | bytes,
         checkpoint_names: Sequence[str] | None = None,
         prompt: str | None = None,
+        *,
         settings: GenerationSettings | None = None,
-        **decoding: Any,
     ) -> Iterator[tuple[str, ...]]:
         """Yield the partial completion of every requested checkpoint, as generation proceeds.
 
@@ -247,7 +246,7 @@ class ModelSet:
         closing the generator early stops generation; threads are always joined.
         """
         names = self._names(checkpoint_names)
-        settings = _settings(settings, decoding)
+        settings = _settings(settings)
         rgb = _as_rgb(image)
         updates: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -452,11 +451,13 @@ def _as_rgb(image: Image.Image | str | Path | bytes) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _settings(settings: GenerationSettings | None, decoding: dict[str, Any]) -> GenerationSettings:
-    """The call's settings: a `GenerationSettings`, or its fields as keywords (not both)."""
-    if settings is not None and decoding:
-        raise TypeError(f"pass decoding settings either as settings= or as keywords, not both ({sorted(decoding)})")
-    return settings if settings is not None else GenerationSettings(**decoding)
+def _settings(settings: GenerationSettings | None) -> GenerationSettings:
+    """The call's settings (default: greedy); anything else than a `GenerationSettings` is a mistake said early."""
+    if settings is None:
+        return GenerationSettings()
+    if not isinstance(settings, GenerationSettings):
+        raise TypeError(f"settings must be a GenerationSettings, not {type(settings).__name__}")
+    return settings
 
 
 def _texts(rows: list[list[Completion]]) -> list[list[str]]:

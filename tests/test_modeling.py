@@ -51,6 +51,11 @@ def images() -> list[Image.Image]:
     return [grey, rgba]
 
 
+def budget(max_new_tokens: int, **sampling) -> GenerationSettings:
+    """How the tests decode: greedy with a small token budget, or sampling when asked."""
+    return GenerationSettings(max_new_tokens=max_new_tokens, **sampling)
+
+
 def _stream_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "chexreason-stream"]
 
@@ -212,7 +217,7 @@ def test_mixed_adapter_batch_equals_each_checkpoint_alone(models: ModelSet, tiny
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    mixed = models.generate(images, max_new_tokens=12)
+    mixed = models.generate(images, settings=budget(12))
     assert len(mixed) == 2 and all(len(row) == 3 and all(isinstance(t, str) for t in row) for row in mixed)
     decoder = models.decoder_of("base")
     processor = models.processor_of("base")
@@ -223,7 +228,7 @@ def test_mixed_adapter_batch_equals_each_checkpoint_alone(models: ModelSet, tiny
         text=[text] * 2, images=[[im.convert("RGB")] for im in images], add_special_tokens=False, return_tensors="pt"
     )
     for j, name in enumerate(models.checkpoints):
-        alone = models.generate(images, checkpoint_names=[name], max_new_tokens=12)
+        alone = models.generate(images, checkpoint_names=[name], settings=budget(12))
         assert [row[0] for row in alone] == [row[j] for row in mixed], name
         # An independent reference: a fresh model with only this adapter, no adapter_names at all.
         reference = AutoModelForImageTextToText.from_pretrained(tiny_set.parent / "base", use_safetensors=True)
@@ -251,9 +256,9 @@ def test_rows_with_different_prompts_are_padded_correctly(tiny_set: Path, tmp_pa
     )
     models = load_model_set(path)
     assert type(models.model_of("base")) is PeftModelForCausalLM  # the first adapter's task type decides
-    mixed = models.generate(images[:1], max_new_tokens=10)[0]
+    mixed = models.generate(images[:1], settings=budget(10))[0]
     assert mixed == [
-        models.generate(images[:1], checkpoint_names=[n], max_new_tokens=10)[0][0] for n in models.checkpoints
+        models.generate(images[:1], checkpoint_names=[n], settings=budget(10))[0][0] for n in models.checkpoints
     ]
     assert (
         models.prompt_for("base").key == "only_label" and models.prompt_for("base", "reasoning_b").key == "reasoning_b"
@@ -261,8 +266,8 @@ def test_rows_with_different_prompts_are_padded_correctly(tiny_set: Path, tmp_pa
 
 
 def test_generate_follows_the_requested_checkpoints(models: ModelSet, images):
-    full = models.generate(images, max_new_tokens=6)
-    subset = models.generate(images, checkpoint_names=["grpo", "base"], max_new_tokens=6)
+    full = models.generate(images, settings=budget(6))
+    subset = models.generate(images, checkpoint_names=["grpo", "base"], settings=budget(6))
     assert subset == [[row[2], row[0]] for row in full]
     with pytest.raises(KeyError, match="unknown checkpoint 'rl'"):
         models.generate(images, checkpoint_names=["rl"])
@@ -271,19 +276,24 @@ def test_generate_follows_the_requested_checkpoints(models: ModelSet, images):
 
 
 def test_generate_batch_equals_one_call(models: ModelSet, images):
-    assert models.generate_batch(images, batch_size=1, progress=False, max_new_tokens=6) == models.generate(
-        images, max_new_tokens=6
+    assert models.generate_batch(images, batch_size=1, progress=False, settings=budget(6)) == models.generate(
+        images, settings=budget(6)
     )
-    lazy = models.generate_batch(iter(images), batch_size=1, progress=False, max_new_tokens=6, do_sample=True, seed=4)
-    assert lazy == models.generate(images, max_new_tokens=6, do_sample=True, seed=4)
+    lazy = models.generate_batch(
+        iter(images),
+        batch_size=1,
+        progress=False,
+        settings=budget(6, do_sample=True, seed=4),
+    )
+    assert lazy == models.generate(images, settings=budget(6, do_sample=True, seed=4))
 
 
 def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(models: ModelSet, images):
-    sampled = models.generate(images, do_sample=True, seed=7, max_new_tokens=10)
-    assert sampled == models.generate(images, do_sample=True, seed=7, max_new_tokens=10)
-    alone = models.generate(images, checkpoint_names=["sft"], do_sample=True, seed=7, max_new_tokens=10)
+    sampled = models.generate(images, settings=budget(10, do_sample=True, seed=7))
+    assert sampled == models.generate(images, settings=budget(10, do_sample=True, seed=7))
+    alone = models.generate(images, checkpoint_names=["sft"], settings=budget(10, do_sample=True, seed=7))
     assert [row[0] for row in alone] == [row[1] for row in sampled]
-    assert sampled != models.generate(images, do_sample=True, seed=8, max_new_tokens=10)
+    assert sampled != models.generate(images, settings=budget(10, do_sample=True, seed=8))
 
 
 def test_complete_batch_says_which_answers_ran_out_of_tokens(models: ModelSet, images):
@@ -292,8 +302,10 @@ def test_complete_batch_says_which_answers_ran_out_of_tokens(models: ModelSet, i
     assert [[c.text for c in row] for row in completions] == models.generate(images, settings=settings)
     for row in completions:  # a row that stopped spent at most the budget minus its stop token
         assert all(c.truncated == (c.n_tokens == 4) for c in row)
-    with pytest.raises(TypeError, match="not both"):
-        models.generate(images, settings=settings, max_new_tokens=4)
+    with pytest.raises(TypeError):  # decoding settings travel as one GenerationSettings, never as loose keywords
+        models.generate(images, max_new_tokens=4)
+    with pytest.raises(TypeError, match="must be a GenerationSettings"):
+        models.generate(images, settings={"max_new_tokens": 4})
 
 
 def test_a_completion_without_a_stop_token_is_truncated(models: ModelSet):
@@ -333,13 +345,13 @@ def test_decoder_drops_only_non_tag_special_tokens(models: ModelSet):
 
 
 def test_stream_grows_to_the_generate_output(models: ModelSet, images):
-    updates = list(models.stream(images[0], max_new_tokens=12))
+    updates = list(models.stream(images[0], settings=budget(12)))
     assert len(updates) >= 2 and all(len(update) == 3 for update in updates)
     for earlier, later in itertools.pairwise(updates):
         assert all(b.startswith(a) for a, b in zip(earlier, later, strict=True))
-    assert list(updates[-1]) == models.generate(images[:1], max_new_tokens=12)[0]
-    subset = list(models.stream(images[1], checkpoint_names=["grpo", "base"], max_new_tokens=8))
-    assert list(subset[-1]) == models.generate(images[1:], checkpoint_names=["grpo", "base"], max_new_tokens=8)[0]
+    assert list(updates[-1]) == models.generate(images[:1], settings=budget(12))[0]
+    subset = list(models.stream(images[1], checkpoint_names=["grpo", "base"], settings=budget(8)))
+    assert list(subset[-1]) == models.generate(images[1:], checkpoint_names=["grpo", "base"], settings=budget(8))[0]
     assert not _stream_threads()
 
 
@@ -349,12 +361,12 @@ def test_stream_reraises_errors_from_the_generation_thread(models: ModelSet, ima
 
     monkeypatch.setattr(models.model_of("base"), "generate", broken)
     with pytest.raises(RuntimeError, match="device lost"):
-        list(models.stream(images[0], max_new_tokens=4))
+        list(models.stream(images[0], settings=budget(4)))
     assert not _stream_threads()
 
 
 def test_closing_a_stream_early_stops_and_joins_its_thread(models: ModelSet, images):
-    stream = models.stream(images[0], max_new_tokens=400)
+    stream = models.stream(images[0], settings=budget(400))
     first = next(stream)
     assert len(first) == 3
     stream.close()
@@ -365,7 +377,7 @@ def test_closing_a_stream_early_stops_and_joins_its_thread(models: ModelSet, ima
 def test_concurrent_requests_on_one_base_are_serialised(models: ModelSet, images):
     """Without the per-base lock, PEFT's hooks of one call overwrite the other's adapter_names."""
     expected = {
-        name: models.generate(images[:1], checkpoint_names=[name], max_new_tokens=8)[0][0]
+        name: models.generate(images[:1], checkpoint_names=[name], settings=budget(8))[0][0]
         for name in models.checkpoints
     }
     failures: list[str] = []
@@ -373,7 +385,7 @@ def test_concurrent_requests_on_one_base_are_serialised(models: ModelSet, images
     def ask(names: list[str]) -> None:
         try:
             for _ in range(3):
-                answers = models.generate(images[:1], checkpoint_names=names, max_new_tokens=8)[0]
+                answers = models.generate(images[:1], checkpoint_names=names, settings=budget(8))[0]
                 failures.extend(n for n, a in zip(names, answers, strict=True) if a != expected[n])
         except ValueError as err:  # without the lock: "Length of `adapter_names` should be the same ..."
             failures.append(str(err))

@@ -50,8 +50,10 @@ except ImportError:
 
 
 @_gpu
-def _stream(model_set: ModelSet, image: Any, **decoding: Any) -> Iterator[tuple[str, ...]]:
-    yield from model_set.stream(image, **decoding)
+def _stream(
+    model_set: ModelSet, image: Any, prompt: str | None, settings: GenerationSettings
+) -> Iterator[tuple[str, ...]]:
+    yield from model_set.stream(image, prompt=prompt, settings=settings)
 
 
 def _upload_folder() -> Path:

@@ -10,6 +10,7 @@ import yaml
 from safetensors.torch import load_file
 from sft_masking import trained_text
 
+from chexreason.modeling import GenerationSettings
 from chexreason.training import LM_PROJECTIONS
 from train.configs import ModelArguments
 
@@ -109,8 +110,10 @@ def test_a_model_set_serves_base_and_adapters_of_a_qwen_in_one_batch(tiny_qwen, 
     assert counts["base"].base == counts["sft"].base == counts["noise"].base  # one copy of the base for all three
     assert models.loaded_parameters() == counts["base"].base + counts["sft"].adapter + counts["noise"].adapter
     images = _phantoms(2)
-    batched = models.generate_batch(images, max_new_tokens=12, progress=False)
-    alone = [models.generate([image], ["noise"], max_new_tokens=12)[0] for image in images]
+    batched = models.generate_batch(images, progress=False, settings=GenerationSettings(max_new_tokens=12))
+    alone = [
+        models.generate([image], ["noise"], settings=GenerationSettings(max_new_tokens=12))[0] for image in images
+    ]
     assert len(batched) == 2 and all(len(row) == 3 for row in batched)
     assert [row[2] for row in batched] == [row[0] for row in alone]  # mixed-adapter batch = each on its own
     assert [row[0] for row in batched] != [row[2] for row in batched]  # the noise adapter is applied
