@@ -19,6 +19,7 @@ from chexreason.fingerprints import DataFingerprint, SplitData, model_set_finger
 from chexreason.metrics import bootstrap_macro_f1, bootstrap_macro_f1_difference, score
 from chexreason.modeling import GenerationSettings, ModelSet
 from chexreason.parsing import parse_completion
+from chexreason.records import dataset_relative_source
 from chexreason.results import (
     Bootstrap,
     Comparison,
@@ -37,10 +38,14 @@ EVAL_BATCH_SIZE = 64  # images per generate call: on the tiny set the same outpu
 CONFIDENCE = 0.95  # of every bootstrap interval (chexreason.metrics' default)
 
 
+class SourceError(ValueError):
+    """An evaluation image that records could only name by a local path outside its dataset's image folder."""
+
+
 def image_sources(dataset: Dataset, image_roots: Mapping[str, str | Path | None] | None = None) -> list[str]:
     """Each row's image as the records name it: a phantom's id, or a real image's path relative to the image
-    folder of its `dataset` (``image_roots``, e.g. ``{"chexpert": "/data/chexpert"}``). Refuses, before any
-    work, a row whose image would be named by an absolute path."""
+    folder of its `dataset` (``image_roots``, e.g. ``{"chexpert": "/data/chexpert"}``). Raises `SourceError`,
+    before any generation, for a row whose image would be named by an absolute path or one outside its folder."""
     ids = list(dataset["id"])
     kinds = list(dataset["dataset"]) if "dataset" in dataset.column_names else [None] * len(ids)
     roots = {kind: os.path.abspath(root) for kind, root in (image_roots or {}).items() if root}
@@ -48,15 +53,13 @@ def image_sources(dataset: Dataset, image_roots: Mapping[str, str | Path | None]
     for image_id, kind in zip(ids, kinds, strict=True):
         source = image_id
         if kind in roots and not str(kind).startswith("phantom"):
-            relative = os.path.relpath(os.path.abspath(image_id), roots[kind])
-            if relative.split(os.sep)[0] == os.pardir:
-                raise ValueError(f"image {image_id} is not inside the {kind} image folder {roots[kind]}")
-            source = Path(relative).as_posix()
-        if os.path.isabs(source):
-            raise ValueError(
-                f"image {image_id} ({kind}) would be recorded by its absolute path: name its image folder"
-            )
-        sources.append(source)
+            source = Path(os.path.relpath(os.path.abspath(image_id), roots[kind])).as_posix()
+        try:
+            sources.append(dataset_relative_source(source))
+        except ValueError as err:
+            folder = roots.get(kind)
+            hint = f"it is not inside the {kind} image folder {folder}" if folder else "name its image folder"
+            raise SourceError(f"image {image_id} ({kind}): {err}; {hint}") from None
     return sources
 
 

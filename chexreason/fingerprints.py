@@ -138,12 +138,15 @@ def fingerprint_folder(folder: str | Path, hash_limit: int = HASH_LIMIT) -> dict
 
 
 def fingerprint_reference(reference: str, revision: str | None = None) -> dict:
-    """A base model or adapter as a model set names it: a Hub id (with its revision) or a local folder."""
-    from chexreason.modeling import is_hub_id  # lazy: results files are read without torch
+    """A base model or adapter as a model set names it: a Hub id (with its revision) or an absolute local folder
+    (a model set resolves local references; a relative or empty one would fingerprint whatever folder we run in)."""
+    from chexreason.model_set_spec import is_hub_id  # lazy: the spec module reads prompts, which reads labels
 
     if is_hub_id(reference):
         pinned = revision is not None and _COMMIT.fullmatch(revision) is not None
         return {"kind": "hub", "id": reference, "revision": revision, "pinned": pinned}
+    if not reference or not Path(reference).is_absolute():
+        raise ValueError(f"cannot fingerprint {reference!r}: neither a Hub id nor an absolute local folder")
     return fingerprint_folder(reference)
 
 

@@ -31,20 +31,19 @@ from chexreason.model_set_spec import (
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """A weights dtype from its name (``float32``, ``bfloat16``, ``float16``).
+    """A torch dtype from its name (``float32``, ``bfloat16``, ``half``, ...), for loading and prediction.
 
     >>> parse_dtype("bfloat16")
     torch.bfloat16
     """
     if isinstance(name, torch.dtype):
         return name
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
-    return DTYPES[name]
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch dtype name such as float32 or bfloat16, not {name!r}")
+    return dtype
 
 
 def _resolve_device_dtype(

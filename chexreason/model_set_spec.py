@@ -251,13 +251,15 @@ def _messages(error: ValidationError, data: Any) -> list[str]:
         elif where and key is None:
             messages.append(f"{where.rstrip(': ')} must be a mapping with 'name' and 'model'")
         elif key == "name" and where:
-            messages.append(f"{where}needs a 'name' of letters, digits, '_' or '-' (got {item.get('input')!r})")
+            name = entry.get("name") if isinstance(entry, Mapping) else None
+            messages.append(f"{where}needs a 'name' of letters, digits, '_' or '-' (got {name!r})")
         elif key == "model" and kind == "missing":
             messages.append(f"{where}missing 'model' (a local path or a Hub id)")
         elif key in ("model", "adapter") and kind == "string_type":
             messages.append(f"{where}'{key}' must be a non-empty string, got {item['input']!r}")
         elif kind == "string_type":
-            messages.append(f"{where}'{key}' must be a string (quote commit hashes), got {item['input']!r}")
+            hint = " (quote commit hashes)" if key in ("revision", "adapter_revision") else ""
+            messages.append(f"{where}'{key}' must be a string{hint}, got {item['input']!r}")
         elif key in ("min_pixels", "max_pixels"):
             messages.append("min_pixels and max_pixels go together, as positive integers with min <= max")
         elif kind == "value_error":

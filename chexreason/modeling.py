@@ -17,7 +17,7 @@ from chexreason.decoding import (
     row_seed,
     stop_token_ids,
 )
-from chexreason.loading import DTYPES, load_model_set, parse_dtype
+from chexreason.loading import load_model_set, parse_dtype
 from chexreason.model_set import BASE_ADAPTER, LoadedBase, ModelSet, ParameterCount
 from chexreason.model_set_spec import (
     ADAPTER_WEIGHTS,
@@ -44,7 +44,6 @@ __all__ = [
     "DEFAULT_PROMPT",
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TOP_P",
-    "DTYPES",
     "MAX_CHECKPOINTS",
     "MIN_CHECKPOINTS",
     "REPO_ROOT",

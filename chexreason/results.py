@@ -17,16 +17,14 @@ object (`Record`) per line and per (dataset, checkpoint, prompt, image), image b
 
 ``source`` is a phantom id (redrawn by `chexreason.data.phantom`) or a path relative to the image folder of
 the split's ``data.splits[…].images`` dataset — never absolute. `iter_records` / `page_records` stream them a
-line at a time; `RecordWriter` appends. `load_results` also reads v1 files (runs with embedded
-``predictions``), upgrading them in memory. The paper's reported numbers are in `chexreason.paper`.
+line at a time; `RecordWriter` appends (all in `chexreason.records`). `load_results` also reads v1 files (runs
+with embedded ``predictions``), upgrading them in memory. The paper's reported numbers are in `chexreason.paper`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -35,11 +33,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -52,19 +48,19 @@ from chexreason.labels import resolve_label_set
 from chexreason.paper import PaperTable as PaperTable  # re-exported: the paper's numbers lived here
 from chexreason.paper import load_paper_tables as load_paper_tables
 from chexreason.paper import paper_source as paper_source
+from chexreason.records import Count, Record, RecordsFile, RecordWriter, _page, _read_json, _validated
+from chexreason.records import ResultsError as ResultsError  # re-exported: the records API lived here
+from chexreason.records import iter_records as iter_records
+from chexreason.records import page_records as page_records
+from chexreason.records import records_path as records_path
 
 SCHEMA = "chexreason.eval/2"
 SCHEMA_V1 = "chexreason.eval/1"
 
 
-class ResultsError(ValueError):
-    """A results file that does not follow the schema; the message says which file, which field and what."""
-
-
 # ------------------------------------------------------------------------------------------ values
 
 Unit = Annotated[float, Field(ge=0, le=1)]
-Count = Annotated[int, Field(ge=0)]
 Positive = Annotated[int, Field(ge=1)]
 
 
@@ -124,105 +120,6 @@ class Timings(TypedDict):
     images_per_second: Annotated[float, Field(ge=0)]
 
 
-def _relative_source(source: str) -> str:
-    posix, windows = PurePosixPath(source), PureWindowsPath(source)
-    if not source or posix.is_absolute() or windows.anchor or source.startswith("~"):
-        raise ValueError(f"{source!r} is not a phantom id or a dataset-relative path (absolute paths are refused)")
-    if ".." in posix.parts or ".." in windows.parts:
-        raise ValueError(f"{source!r} leaves its dataset folder ('..')")
-    return source
-
-
-# ------------------------------------------------------------------------------------------ records
-
-
-class Record(Strict):
-    """One checkpoint's answer about one image (a line of the records file)."""
-
-    model_config = ConfigDict(**STRICT, frozen=True)
-    dataset: str
-    checkpoint: str
-    prompt: str
-    index: Count
-    source: Annotated[str, AfterValidator(_relative_source)]
-    truth: list[str]
-    output: str
-    predicted: list[str] | None  # the parsed labels; null when the output is unparseable
-    parseable: bool
-    truncated: bool | None  # hit max_new_tokens without a stop token; null: not recorded (v1 files)
-    n_tokens: Count | None = None  # tokens generated; null: not recorded
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Record:
-        if self.parseable != (self.predicted is not None):
-            raise ValueError("parseable must be true exactly when predicted is a list")
-        return self
-
-
-def records_path(summary: str | Path) -> Path:
-    """The records file beside a summary: ``eval.json`` → ``eval.records.jsonl``."""
-    summary = Path(summary)
-    return summary.with_name(f"{summary.stem}.records.jsonl")
-
-
-class RecordWriter:
-    """Appends records to a JSON Lines file, flushed after every `write` (evaluation writes a pass at a time).
-
-    ``fresh=True`` starts the file empty; otherwise new lines go after the ones already there.
-    """
-
-    def __init__(self, path: str | Path, fresh: bool = True) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w" if fresh else "a", encoding="utf-8")
-
-    def write(self, records: Iterable[Record]) -> None:
-        self._file.write("".join(record.model_dump_json() + "\n" for record in records))
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            os.fsync(self._file.fileno())
-            self._file.close()
-
-    def __enter__(self) -> RecordWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def iter_records(
-    path: str | Path, dataset: str | None = None, checkpoint: str | None = None, prompt: str | None = None
-) -> Iterator[Record]:
-    """The records of a JSON Lines file, read one line at a time (never the whole file), optionally filtered;
-    each is validated as it is read (a bad line is a `ResultsError` naming the file and line)."""
-    path = Path(path)
-    filters = {"dataset": dataset, "checkpoint": checkpoint, "prompt": prompt}
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ResultsError(f"{path} line {number}: not JSON: {e}") from None
-                if all(v is None or (isinstance(obj, dict) and obj.get(k) == v) for k, v in filters.items()):
-                    yield _validated(Record, obj, f"{path} line {number}")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResultsError(f"{path}: cannot read records: {e}") from None
-
-
-def page_records(path: str | Path, offset: int = 0, limit: int | None = None, **filters: str | None) -> list[Record]:
-    """Records ``offset`` to ``offset + limit`` of `iter_records(path, **filters)`; only that page is kept."""
-    return _page(iter_records(path, **filters), offset, limit)
-
-
-def _page(records: Iterator[Record], offset: int, limit: int | None) -> list[Record]:
-    return list(itertools.islice(records, offset, None if limit is None else offset + limit))
-
-
 # ------------------------------------------------------------------------------------------ summary
 
 
@@ -248,12 +145,6 @@ class Bootstrap(Strict):
     n_resamples: Positive
     seed: int
     confidence: Annotated[float, Field(gt=0, lt=1)]
-
-
-class RecordsFile(Strict):
-    file: Annotated[str, Field(pattern=r"^[^/\\]+$")]  # a file name beside the summary, no folder
-    n: Count
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 def _known_label_set(name: str) -> str:
@@ -355,41 +246,11 @@ class EvalResults(Strict):
             return (r for r in self._memory if all(v is None or getattr(r, k) == v for k, v in filters.items()))
         if self.records_file is None:
             raise ResultsError(f"results of {self.model_set!r}: no records file (evaluated with --no_predictions?)")
-        return iter_records(self.records_file, dataset, checkpoint, prompt)
+        return iter_records(self.records_file, dataset, checkpoint, prompt, expect=self.records)
 
     def page_records(self, offset: int = 0, limit: int | None = None, **filters: str | None) -> list[Record]:
         """One page of `iter_records(**filters)`."""
         return _page(self.iter_records(**filters), offset, limit)
-
-
-# ------------------------------------------------------------------------------------------ errors
-
-
-def _where(loc: tuple) -> str:
-    """``("runs", 0, "metrics", "n")`` → ``runs[0].metrics.n``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _message(error: ValidationError, limit: int = 3) -> str:
-    """pydantic's errors as ``field.path: problem (got value)``, the first `limit` of them."""
-    parts = []
-    for e in error.errors()[:limit]:
-        msg, value = re.sub(r"^Value error, ", "", e["msg"]), repr(e.get("input"))
-        value = value if len(value) <= 60 else value[:57] + "..."
-        got = "" if e["type"] in ("missing", "value_error") else f" (got {value})"
-        parts.append(f"{_where(e['loc'])}: {msg}{got}" if e["loc"] else f"{msg}{got}")
-    more = len(error.errors()) - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def _validated(model: type[BaseModel], obj: Any, where: str) -> Any:
-    try:
-        return model.model_validate(obj)
-    except ValidationError as e:
-        raise ResultsError(f"{where}: {_message(e)}") from None
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -415,13 +276,19 @@ def save_results(results: EvalResults, path: str | Path, records: str | Path | I
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     target = records_path(path)
+    written = None  # a records file this call wrote, removed again if the check fails
     if records is not None and not isinstance(records, str | Path):
         with RecordWriter(target.with_name(f".{target.name}.partial")) as writer:
             writer.write(records)
-        records = writer.path
-    entry = results.records if records is None else _check_records(Path(records), results, target.name)
-    data = results.model_copy(update={"records": entry}).to_dict()
-    _validated(EvalResults, data, str(path))  # a bad summary is never written, nor its records installed
+        records = written = writer.path
+    try:
+        entry = results.records if records is None else _check_records(Path(records), results, target.name)
+        data = results.model_copy(update={"records": entry}).to_dict()
+        _validated(EvalResults, data, str(path))  # a bad summary is never written, nor its records installed
+    except ResultsError:
+        if written is not None:
+            written.unlink(missing_ok=True)
+        raise
     if records is not None:
         os.replace(records, target)
     partial = path.with_name(f".{path.name}.partial")
@@ -445,10 +312,14 @@ def _upgrade_v1(obj: dict, where: str) -> tuple[dict, list[tuple[str, dict]]]:
             speed = timings.get("images_per_second", timings.get("samples_per_second"))
             run["timings"] = {"seconds": timings.get("seconds"), "images_per_second": speed}
         keys = {k: run.get(k) for k in ("dataset", "checkpoint", "prompt")}
-        for j, p in enumerate(run.pop("predictions", None) or []):
+        predictions = run.pop("predictions", None) or []
+        if not isinstance(predictions, list):
+            raise ResultsError(f"{where}: runs[{i}].predictions: expected a list")
+        for j, p in enumerate(predictions):
             p = p if isinstance(p, dict) else {}
             predicted = p.get("predicted")
-            record = {**keys, "index": j, "source": p.get("id"), "truth": p.get("truth"), "predicted": predicted,
+            record = {**keys, "index": j, "source": _v1_source(p.get("id")), "truth": p.get("truth"),
+                      "predicted": predicted,
                       "output": p.get("output", ""), "parseable": predicted is not None,
                       "truncated": None}  # fmt: skip
             records.append((f"runs[{i}].predictions[{j}]", record))
@@ -462,14 +333,22 @@ def _upgrade_v1(obj: dict, where: str) -> tuple[dict, list[tuple[str, dict]]]:
     return summary, records
 
 
+def _v1_source(image_id: Any) -> Any:
+    """v1 named real images by their absolute local path, which v2 never records: such a source is unknown."""
+    if isinstance(image_id, str) and (PurePosixPath(image_id).is_absolute() or PureWindowsPath(image_id).anchor):
+        return None
+    return image_id
+
+
 def load_results(path: str | Path) -> EvalResults:
     """Read and validate a results summary (v2, or v1 upgraded in memory); raises ResultsError naming the file
     and the field. Records are read on demand with ``results.iter_records()``."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path}: cannot read results JSON: {e}") from None
+    obj = _read_json(text, f"{path}: cannot read results JSON")
     schema = obj.get("schema") if isinstance(obj, dict) else None
     if schema == SCHEMA_V1:
         obj, memory = _upgrade_v1(obj, str(path))

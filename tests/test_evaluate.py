@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from chexreason.evaluation import SourceError
 from chexreason.metrics import score
 from chexreason.results import load_results, records_path
 from train import evaluate
@@ -117,3 +118,17 @@ def test_real_images_are_recorded_relative_to_their_image_folder(tmp_path):
         image_sources(Dataset.from_dict(rows))  # no image folder known: never an absolute path in the records
     with pytest.raises(ValueError, match="not inside the chexpert image folder"):
         image_sources(Dataset.from_dict(rows), {"chexpert": tmp_path / "elsewhere"})
+    for escape in ("~/x.png", "../x.png"):  # a dataset id that would leave its folder: refused before generating
+        with pytest.raises(SourceError):
+            image_sources(Dataset.from_dict({"id": [escape], "dataset": ["nih"]}))
+
+
+def test_an_image_named_by_an_absolute_path_is_a_message(tiny_set, data_recipe, monkeypatch):
+    from chexreason import evaluation
+
+    def absolute(dataset, roots=None):
+        raise evaluation.SourceError("image /data/x.png (nih): absolute paths are refused; name its image folder")
+
+    monkeypatch.setattr(evaluation, "image_sources", absolute)
+    with pytest.raises(SystemExit, match=r"train\.evaluate: image /data/x\.png"):
+        evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--limit", "1"])

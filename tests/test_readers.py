@@ -514,10 +514,11 @@ def test_summary_report_and_log(tmp_path, caplog):
         tmp_path / "Data_Entry_2017.csv", [*NIH_ROWS, "00000040_000.png,Fracture,0,40,50,M,PA,1,1,1,1"]
     )
     _nih_images(tmp_path, NIH_NAMES)
-    with caplog.at_level(logging.INFO, logger="chexreason.data.readers"):
+    with caplog.at_level(logging.INFO, logger="chexreason.data.tables"):  # the summary logs where it is kept
         summary = read_nih(csv_path, tmp_path).summary
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "unknown label name" in warnings[0].getMessage()
+    assert any("7 rows read, 6 records kept" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
     report = str(summary)
     assert "7 rows read, 6 records kept" in report and "unknown label name: 1 (dropped)" in report
     assert "line 8: unknown finding(s) ['Fracture']" in report

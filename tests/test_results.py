@@ -307,3 +307,76 @@ def test_hub_references_are_fingerprinted_by_revision():
     assert unpinned["base"] == {"kind": "hub", "id": "google/medgemma-4b-it", "revision": None, "pinned": False}
     pinned = CheckpointSpec(name="base", model="google/medgemma-4b-it", revision="a" * 40)
     assert checkpoint_fingerprint(pinned)["base"]["pinned"] and checkpoint_fingerprint(pinned) != unpinned
+
+
+def test_v1_files_of_real_data_load_without_their_absolute_paths(tmp_path):
+    """v1 named real images by their absolute local path: the file loads, and v2 never repeats the path."""
+    results, records = _results()
+    old = _v1(results, records)
+    for run in old["runs"]:
+        for p in run["predictions"]:
+            p["id"] = f"/data/chexpert/test/{p['id']}/view1_frontal.jpg"
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(old))
+    loaded = load_results(path)
+    assert [r.metrics for r in loaded.runs] == [r.metrics for r in results.runs]
+    assert {r.source for r in loaded.iter_records()} == {None}
+    save_results(loaded, tmp_path / "v2" / "eval.json", records=loaded.iter_records())
+    assert "/data/" not in (tmp_path / "v2" / "eval.records.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"schema": "chexreason.eval/1", "model_set": "x", "runs": [{"predictions": 5}]}',  # not a list
+        "[" * 100_000 + "]" * 100_000,  # deeper than the parser's recursion
+        '{"schema": "chexreason.eval/2", "n": ' + "9" * 5000 + "}",  # an integer past Python's 4,300 digits
+    ],
+    ids=["v1 predictions not a list", "deep nesting", "huge integer"],
+)
+def test_hostile_files_are_results_errors(tmp_path, text):
+    """What the app catches when it reads a results file is a ResultsError: nothing else may escape."""
+    path = tmp_path / "eval.json"
+    path.write_text(text)
+    with pytest.raises(ResultsError):
+        load_results(path)
+    records = tmp_path / "r.jsonl"
+    records.write_text(text.replace("\n", " ") + "\n")
+    with pytest.raises(ResultsError):
+        list(iter_records(records))
+
+
+def test_records_from_another_run_beside_a_summary_are_refused(tmp_path):
+    results, records = _results()
+    save_results(results, tmp_path / "eval.json", records=records)
+    loaded = load_results(tmp_path / "eval.json")
+    lines = (tmp_path / "eval.records.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "eval.records.jsonl").write_text("".join(lines[:10]))  # e.g. a run killed and restarted
+    assert len(loaded.page_records(0, 5)) == 5  # a page reads only what it shows
+    with pytest.raises(ResultsError, match="are not the 80 its summary was written with"):
+        list(loaded.iter_records())
+
+
+def test_a_failed_save_leaves_no_partial_file(tmp_path):
+    results, records = _results()
+    with pytest.raises(ResultsError):
+        save_results(results, tmp_path / "eval.json", records=records[:-1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pages_refuse_negative_bounds(tmp_path):
+    results, records = _results()
+    save_results(results, tmp_path / "eval.json", records=records)
+    with pytest.raises(ResultsError, match="offset >= 0"):
+        load_results(tmp_path / "eval.json").page_records(-1, 5)
+
+
+def test_a_relative_or_empty_reference_is_not_fingerprinted(tmp_path, monkeypatch):
+    """An empty reference once hashed the folder the command ran in; only Hub ids and absolute folders count."""
+    from chexreason.fingerprints import fingerprint_reference
+
+    monkeypatch.chdir(tmp_path)
+    for reference in ("", "base", "./base"):
+        with pytest.raises(ValueError, match="neither a Hub id nor an absolute local folder"):
+            fingerprint_reference(reference)
+    assert fingerprint_reference("google/medgemma-4b-it")["kind"] == "hub"

@@ -384,6 +384,8 @@ def test_openai_environment_variables_are_ignored(server, tmp_path, monkeypatch,
     headers = request["headers"]
     assert not {"x-leak", "openai-organization", "openai-project"} & set(headers)
     assert not any("leak" in value or "sk-from" in value for value in headers.values())
+    machine = {"x-stainless-os", "x-stainless-arch", "x-stainless-runtime", "x-stainless-runtime-version"}
+    assert not machine & set(headers)  # nor what this machine runs
 
 
 # --- mismatches and garbage ---------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from chexreason.config_checks import requirement
 from chexreason.data.config import DATA_SOURCES, TEACHERS, DataConfig, read_data_config
 from chexreason.decoding import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from chexreason.evaluation import EVAL_BATCH_SIZE, EVAL_SETTINGS
-from chexreason.loading import DTYPES
 from chexreason.prompts import get_prompt
 from chexreason.rewards import REWARD_FACTORIES
 from chexreason.training.common import LM_PROJECTIONS
@@ -36,6 +35,9 @@ __all__ = [
     "parse_stage",
     "read_data_config",
 ]
+
+
+DTYPES = ("float32", "bfloat16", "float16")  # what a stage trains in (chexreason.loading.parse_dtype reads it)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from chexreason.data.build import MANIFEST, build_datasets, head, load_built
-from chexreason.evaluation import write_evaluation
+from chexreason.evaluation import SourceError, write_evaluation
 from chexreason.modeling import GenerationSettings, ModelSetError, load_model_set, resolve_model_set_path
 from train import log_to_console
 from train.configs import DataConfig, EvaluateConfig, parse_stage
@@ -43,19 +43,22 @@ def main(argv: list[str] | None = None) -> Path:
     datasets = {name: head(built[name], config.limit) for name in names}
     manifest = json.loads((Path(data.output_dir) / MANIFEST).read_text())
     out = Path(config.out) if config.out else model_path.parent / ("prompts.json" if config.prompts else "eval.json")
-    results = write_evaluation(
-        out,
-        model_set,
-        datasets,
-        keep_records=not config.no_predictions,
-        data_fingerprint=manifest["fingerprint"],
-        settings=GenerationSettings(max_new_tokens=config.max_new_tokens),
-        batch_size=config.batch_size,
-        n_resamples=config.n_resamples,
-        seed=config.seed,
-        image_roots=image_roots(data),
-        sweep=(config.checkpoint or model_set.checkpoints[0], config.prompts) if config.prompts else None,
-    )
+    try:
+        results = write_evaluation(
+            out,
+            model_set,
+            datasets,
+            keep_records=not config.no_predictions,
+            data_fingerprint=manifest["fingerprint"],
+            settings=GenerationSettings(max_new_tokens=config.max_new_tokens),
+            batch_size=config.batch_size,
+            n_resamples=config.n_resamples,
+            seed=config.seed,
+            image_roots=image_roots(data),
+            sweep=(config.checkpoint or model_set.checkpoints[0], config.prompts) if config.prompts else None,
+        )
+    except SourceError as error:  # said before any generation
+        sys.exit(f"train.evaluate: {error}")
     for run in results.runs:
         ci = run.macro_f1_ci
         print(

@@ -181,7 +181,7 @@ def open_client(config: ApiTeacherConfig) -> OpenAI:
         # A proxy from the environment has no business relaying requests meant for this machine.
         trust_env=not is_local_endpoint(config.base_url),
     )
-    return OpenAI(
+    client = OpenAI(
         base_url=config.base_url,
         api_key="unused",
         timeout=config.timeout_s,
@@ -189,3 +189,6 @@ def open_client(config: ApiTeacherConfig) -> OpenAI:
         http_client=http_client,
         default_headers=_env_headers_removed(),
     )
+    # The client also describes this machine (X-Stainless-OS, -Arch, -Runtime-Version, ...): no endpoint needs that.
+    machine = {name: openai.omit for name in client.default_headers if name.lower().startswith("x-stainless")}
+    return client.with_options(default_headers=machine)
