@@ -105,11 +105,11 @@ def evaluate(
             seconds = time.perf_counter() - start
             # One batched call serves every checkpoint of a pass: the time is that call's, shared.
             timings = {"seconds": round(seconds, 2), "images_per_second": round(len(dataset) / max(seconds, 1e-9), 2)}
-            prompts = {checkpoint: model_set.prompt_for(checkpoint, prompt_key).key for checkpoint in checkpoints}
+            asked = {checkpoint: model_set.prompt_for(checkpoint, prompt_key) for checkpoint in checkpoints}
+            prompts = {checkpoint: prompt.key for checkpoint, prompt in asked.items()}
             predictions = {}
             for column, checkpoint in enumerate(checkpoints):
-                protocol = model_set.prompt_for(checkpoint, prompt_key).protocol
-                parsed = [parse_completion(row[column].text, protocol) for row in completions]
+                parsed = [parse_completion(row[column].text, asked[checkpoint].protocol) for row in completions]
                 predicted = [list(p.labels) if p.parseable else None for p in parsed]
                 predictions[checkpoint] = predicted
                 runs.append(

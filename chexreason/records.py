@@ -47,14 +47,14 @@ def _message(error: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def _validated(model: type[BaseModel], obj: Any, where: str) -> Any:
+def validated(model: type[BaseModel], obj: Any, where: str) -> Any:
     try:
         return model.model_validate(obj)
     except ValidationError as e:
         raise ResultsError(f"{where}: {_message(e)}") from None
 
 
-def _read_json(text: str, where: str) -> Any:
+def read_json(text: str, where: str) -> Any:
     """JSON, or a ResultsError: a hostile file (too deep, numbers too long) must not escape as anything else."""
     try:
         return json.loads(text)
@@ -158,9 +158,9 @@ def iter_records(
                 if not line.strip():
                     continue
                 count += 1
-                obj = _read_json(line, f"{path} line {number}: not JSON")
+                obj = read_json(line, f"{path} line {number}: not JSON")
                 if all(v is None or (isinstance(obj, dict) and obj.get(k) == v) for k, v in filters.items()):
-                    yield _validated(Record, obj, f"{path} line {number}")
+                    yield validated(Record, obj, f"{path} line {number}")
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path}: cannot read records: {e}") from None
     if expect is not None and (count, digest.hexdigest()) != (expect.n, expect.sha256):
@@ -172,10 +172,11 @@ def iter_records(
 
 def page_records(path: str | Path, offset: int = 0, limit: int | None = None, **filters: str | None) -> list[Record]:
     """Records ``offset`` to ``offset + limit`` of `iter_records(path, **filters)`; only that page is kept."""
-    return _page(iter_records(path, **filters), offset, limit)
+    return page_of(iter_records(path, **filters), offset, limit)
 
 
-def _page(records: Iterator[Record], offset: int, limit: int | None) -> list[Record]:
+def page_of(records: Iterator[Record], offset: int, limit: int | None) -> list[Record]:
+    """Records `offset` to `offset + limit` of a stream, reading no further."""
     if offset < 0 or (limit is not None and limit < 0):
         raise ResultsError(f"a page needs offset >= 0 and limit >= 0, got offset {offset}, limit {limit}")
     return list(itertools.islice(records, offset, None if limit is None else offset + limit))

@@ -48,7 +48,7 @@ from chexreason.labels import resolve_label_set
 from chexreason.paper import PaperTable as PaperTable  # re-exported: the paper's numbers lived here
 from chexreason.paper import load_paper_tables as load_paper_tables
 from chexreason.paper import paper_source as paper_source
-from chexreason.records import Count, Record, RecordsFile, RecordWriter, _page, _read_json, _validated
+from chexreason.records import Count, Record, RecordsFile, RecordWriter, page_of, read_json, validated
 from chexreason.records import ResultsError as ResultsError  # re-exported: the records API lived here
 from chexreason.records import iter_records as iter_records
 from chexreason.records import page_records as page_records
@@ -250,7 +250,7 @@ class EvalResults(Strict):
 
     def page_records(self, offset: int = 0, limit: int | None = None, **filters: str | None) -> list[Record]:
         """One page of `iter_records(**filters)`."""
-        return _page(self.iter_records(**filters), offset, limit)
+        return page_of(self.iter_records(**filters), offset, limit)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -284,7 +284,7 @@ def save_results(results: EvalResults, path: str | Path, records: str | Path | I
     try:
         entry = results.records if records is None else _check_records(Path(records), results, target.name)
         data = results.model_copy(update={"records": entry}).to_dict()
-        _validated(EvalResults, data, str(path))  # a bad summary is never written, nor its records installed
+        validated(EvalResults, data, str(path))  # a bad summary is never written, nor its records installed
     except ResultsError:
         if written is not None:
             written.unlink(missing_ok=True)
@@ -348,15 +348,15 @@ def load_results(path: str | Path) -> EvalResults:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path}: cannot read results JSON: {e}") from None
-    obj = _read_json(text, f"{path}: cannot read results JSON")
+    obj = read_json(text, f"{path}: cannot read results JSON")
     schema = obj.get("schema") if isinstance(obj, dict) else None
     if schema == SCHEMA_V1:
         obj, memory = _upgrade_v1(obj, str(path))
-        results = _validated(EvalResults, obj, str(path))
-        results._memory = [_validated(Record, record, f"{path}: {where}") for where, record in memory]
+        results = validated(EvalResults, obj, str(path))
+        results._memory = [validated(Record, record, f"{path}: {where}") for where, record in memory]
         return results
     if schema != SCHEMA:
         raise ResultsError(f"{path}: schema {schema!r} is not {SCHEMA!r}; re-run `python -m train.evaluate`")
-    results = _validated(EvalResults, obj, str(path))
+    results = validated(EvalResults, obj, str(path))
     results._folder = path.parent
     return results
