@@ -1,7 +1,11 @@
 """Decoding: how to decode (`GenerationSettings`), and how generated token ids become completion text.
 
 - `GenerationSettings` is the one way decoding settings travel, from the CLI, the app and evaluation down to
-  the ``generate`` call; its defaults are the paper's sampling values (temperature 0.8, top-p 0.95).
+  the ``generate`` call; its defaults are the paper's sampling values (temperature 0.8, top-p 0.95), and its
+  token budget defaults to each checkpoint's own (the model set records it: the GRPO recipe's
+  ``max_completion_length``).
+- `RowBudget` ends each row of a batch at its own budget, so checkpoints with different budgets still share
+  one ``generate`` call.
 - `CompletionDecoder` keeps the reasoning protocol's tags (``<think>``, ``<solution>``, ``<answer>``): the tiny
   tokenizer registers them as special tokens, which ``skip_special_tokens=True`` would silently drop, and
   every output would then be unparseable.
@@ -24,24 +28,28 @@ from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation import BaseStreamer
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from chexreason.model_set_spec import DEFAULT_MAX_NEW_TOKENS as DEFAULT_MAX_NEW_TOKENS  # re-exported
 from chexreason.prompts import TAGS
 
-DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.8, 0.95  # the paper's GRPO sampling values
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How to decode: greedy by default; sampling settings apply only with ``do_sample=True``."""
+    """How to decode: greedy by default; sampling settings apply only with ``do_sample=True``.
 
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    ``max_new_tokens=None`` (the default) gives every checkpoint its own budget, as its model set records it;
+    a number is the budget of every row.
+    """
+
+    max_new_tokens: int | None = None
     do_sample: bool = False
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
@@ -93,9 +101,12 @@ class CompletionDecoder:
             kept.append(int(token))
         return kept
 
-    def complete(self, ids: Iterable[int]) -> Completion:
-        """One row of ``generate``'s new ids as a `Completion`: a row without a stop token was cut off."""
-        ids = [int(i) for i in ids]
+    def complete(self, ids: Iterable[int], budget: int | None = None) -> Completion:
+        """One row of ``generate``'s new ids as a `Completion`: a row without a stop token was cut off.
+
+        `budget`: the row's own token budget, when the batch ran longer for other rows (what follows it is padding).
+        """
+        ids = [int(i) for i in ids][:budget]
         kept = self.cut(ids)
         return Completion(self.decode(kept), len(kept), truncated=len(kept) == len(ids))
 
@@ -192,6 +203,20 @@ class StopWhenSet(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class RowBudget(StoppingCriteria):
+    """Ends each row when it has generated its own budget of new tokens (``generate`` pads it afterwards)."""
+
+    def __init__(self, budgets: Sequence[int], prompt_length: int) -> None:
+        self.budgets = list(budgets)
+        self.prompt_length = prompt_length
+        self._limits: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        if self._limits is None:
+            self._limits = torch.tensor(self.budgets, device=input_ids.device) + self.prompt_length
+        return input_ids.shape[1] >= self._limits
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -33,7 +33,7 @@ from chexreason.results import (
 )
 
 logger = logging.getLogger(__name__)
-EVAL_SETTINGS = GenerationSettings(max_new_tokens=256)  # greedy; `python -m train.evaluate`'s default budget
+EVAL_SETTINGS = GenerationSettings()  # greedy, each checkpoint within the budget its model set records
 EVAL_BATCH_SIZE = 64  # images per generate call: on the tiny set the same outputs as 16, 17% faster
 CONFIDENCE = 0.95  # of every bootstrap interval (chexreason.metrics' default)
 
@@ -106,6 +106,7 @@ def evaluate(
             # One batched call serves every checkpoint of a pass: the time is that call's, shared.
             timings = {"seconds": round(seconds, 2), "images_per_second": round(len(dataset) / max(seconds, 1e-9), 2)}
             asked = {checkpoint: model_set.prompt_for(checkpoint, prompt_key) for checkpoint in checkpoints}
+            budgets = {checkpoint: model_set.budget_of(checkpoint, settings) for checkpoint in checkpoints}
             prompts = {checkpoint: prompt.key for checkpoint, prompt in asked.items()}
             predictions = {}
             for column, checkpoint in enumerate(checkpoints):
@@ -120,6 +121,7 @@ def evaluate(
                         prompt=prompts[checkpoint],
                         metrics=score(truth, predicted, label_set),
                         truncation_rate=sum(row[column].truncated for row in completions) / len(completions),
+                        max_new_tokens=budgets[checkpoint],
                         macro_f1_ci=bootstrap_macro_f1(
                             truth, predicted, label_set, n_resamples=n_resamples, confidence=CONFIDENCE, seed=seed
                         ),
@@ -146,8 +148,9 @@ def evaluate(
                         )
                     )
     sampling = settings.do_sample
+    budgets = {run.max_new_tokens for run in runs}
     generation = Generation(
-        max_new_tokens=settings.max_new_tokens,
+        max_new_tokens=budgets.pop() if len(budgets) == 1 else None,
         decoding=settings.decoding,
         temperature=settings.temperature if sampling else None,
         top_p=settings.top_p if sampling else None,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 
 # CheXpert's canonical order: the column order of CheXpert's train.csv / valid.csv.
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -207,6 +208,9 @@ _SYNONYMS: dict[str, str] = {
     "devices": "Support Devices",
     "lines and tubes": "Support Devices",
 }
+# Read-only view for callers that must cover every variant (the parser's round-trip test). A variant may contain
+# the word "and" ("lines and tubes"): the parser splits on "and" only where the joined words name no label.
+LABEL_SYNONYMS: Mapping[str, str] = MappingProxyType(_SYNONYMS)
 
 
 def normalize_label(text: str) -> str | None:

@@ -5,6 +5,14 @@ wrapped once in a `peft.PeftModel` holding every adapter, and the bare base is P
 ``"__base__"``. Base, SFT and GRPO of a 4 B model then cost one model's memory, not three. Everything loads with
 ``use_safetensors=True`` and ``trust_remote_code=False``; adapters must ship ``adapter_model.safetensors`` (PEFT
 would otherwise fall back to a pickled ``adapter_model.bin``).
+
+**Chat template.** An adapter folder written by ``train.sft`` / ``train.grpo`` carries the chat template it was
+trained with (``chat_template.jinja``, saved with its processor: for the paper recipes TRL's training variant of
+the model's template, the one with ``{% generation %}`` markers). Prompts are rendered with that same template.
+One processor serves every checkpoint of a base, so the adapters of one base must agree on it (a set that mixes
+templates is refused); the bare base checkpoint is then prompted with it too. That changes nothing for the base:
+a training variant renders a prompt (``add_generation_prompt=True``) exactly as the original does, the markers
+only tag the assistant's tokens (tests/test_modeling.py). A base whose adapters carry no template keeps its own.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from chexreason.model_set_spec import (
 )
 
 logger = logging.getLogger(__name__)
+
+CHAT_TEMPLATE = "chat_template.jinja"  # what `processor.save_pretrained` writes beside an adapter (transformers 5)
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -68,11 +78,29 @@ def _local_adapter_dir(checkpoint: CheckpointSpec) -> str:
     folder = snapshot_download(
         checkpoint.adapter,
         revision=checkpoint.adapter_revision,
-        allow_patterns=["adapter_config.json", ADAPTER_WEIGHTS],
+        allow_patterns=["adapter_config.json", ADAPTER_WEIGHTS, CHAT_TEMPLATE],
     )
     if not (Path(folder) / ADAPTER_WEIGHTS).is_file():
         raise ModelSetError(f"adapter {checkpoint.adapter} has no {ADAPTER_WEIGHTS}; only safetensors are loaded")
     return folder
+
+
+def adapter_chat_template(folder: str | Path) -> str | None:
+    """The chat template saved beside an adapter (its training processor's), or None when it carries none."""
+    path = Path(folder) / CHAT_TEMPLATE
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _use_adapters_template(processor: Any, templates: dict[str, str], model: str) -> None:
+    """Prompt with the template the adapters were trained with; refuse adapters of one base that disagree."""
+    if not templates:
+        return
+    if len(set(templates.values())) > 1:
+        raise ModelSetError(
+            f"the adapters of {model} carry different chat templates ({', '.join(sorted(templates))}), but one "
+            f"processor serves them all: give them the same {CHAT_TEMPLATE}"
+        )
+    processor.chat_template = next(iter(templates.values()))
 
 
 def _check_mixable(folder: str, checkpoint: CheckpointSpec) -> None:
@@ -101,6 +129,7 @@ def _load_base(
     processor.tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     adapter_names: dict[str, str] = {}
     loaded: dict[tuple[str, str | None], str] = {}
+    templates: dict[str, str] = {}  # checkpoint name -> the chat template its adapter was trained with
     for checkpoint in checkpoints:
         key = checkpoint.adapter_key
         if key is None:
@@ -111,7 +140,10 @@ def _load_base(
             _check_mixable(folder, checkpoint)
             model = _add_adapter(model, folder, checkpoint.name)
             loaded[key] = checkpoint.name
+            if (template := adapter_chat_template(folder)) is not None:
+                templates[checkpoint.name] = template
         adapter_names[checkpoint.name] = loaded[key]
+    _use_adapters_template(processor, templates, first.model)
     model.to(device)
     model.eval()  # PEFT refuses adapter_names in training mode; no dropout at inference
     decoder = CompletionDecoder(processor.tokenizer, stop_token_ids(model, processor.tokenizer))

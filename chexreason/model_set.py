@@ -41,6 +41,7 @@ from chexreason.decoding import (
     Completion,
     CompletionDecoder,
     GenerationSettings,
+    RowBudget,
     RowSampler,
     StopWhenSet,
     row_seed,
@@ -148,6 +149,11 @@ class ModelSet:
         """The prompt a checkpoint is asked with: `prompt` when given, else its own."""
         return get_prompt(prompt or self.spec.checkpoint(checkpoint).prompt)
 
+    def budget_of(self, checkpoint: str, settings: GenerationSettings | None = None) -> int:
+        """The token budget a checkpoint answers within: the settings' when they name one, else the set's record."""
+        settings = _settings(settings)
+        return settings.max_new_tokens or self.spec.checkpoint(checkpoint).max_new_tokens
+
     def parameter_counts(self) -> dict[str, ParameterCount]:
         """Base and adapter parameters of each checkpoint (base parameters are shared within a base)."""
         counts = {}
@@ -178,8 +184,8 @@ class ModelSet:
             images: PIL images (any mode), or files / bytes loaded with `chexreason.images.load_image`.
             checkpoint_names: which checkpoints, in the order of the returned lists (default: all).
             prompt: a prompt key asked of every checkpoint instead of each one's own.
-            settings: how to decode (default: greedy, `GenerationSettings`); sampling rows are seeded from
-                (seed, checkpoint, image index).
+            settings: how to decode (default: greedy, `GenerationSettings`, each checkpoint within its own
+                token budget); sampling rows are seeded from (seed, checkpoint, image index).
         """
         settings = _settings(settings)
         rows = self._generate([_as_rgb(image) for image in images], self._names(checkpoint_names), prompt, settings)
@@ -310,7 +316,8 @@ class ModelSet:
             for name in names:
                 base = self._base(name)
                 seed = settings.seed if settings.seed is not None else secrets.randbits(62)
-                row = _Row(i, name, self.prompt_for(name, prompt), row_seed(seed, name, offset + i))
+                budget = self.budget_of(name, settings)
+                row = _Row(i, name, self.prompt_for(name, prompt), row_seed(seed, name, offset + i), budget)
                 plan.setdefault(id(base), (base, []))[1].append(row)
         return list(plan.values())
 
@@ -377,10 +384,12 @@ def _run(
     streamer: BatchTextStreamer | None = None,
     stop: threading.Event | None = None,
 ) -> list[Completion]:
-    """One ``generate`` call over the rows of one base model; returns each row's completion."""
+    """One ``generate`` call over the rows of one base model; returns each row's completion, each within its
+    row's budget."""
     model = base.model
+    budgets = [row.max_new_tokens for row in rows]
     config = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
+        max_new_tokens=max(budgets),
         do_sample=False,  # sampling, when asked, is done by RowSampler with per-row generators
         eos_token_id=sorted(base.decoder.stop_ids),
         pad_token_id=base.processor.tokenizer.pad_token_id,
@@ -389,8 +398,7 @@ def _run(
     if settings.do_sample:
         processors.append(RowSampler([row.seed for row in rows], settings.temperature, settings.top_p))
     kwargs: dict[str, Any] = {"generation_config": config, "logits_processor": processors, "streamer": streamer}
-    if stop is not None:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenSet(stop)])
+    criteria = StoppingCriteriaList([StopWhenSet(stop)] if stop is not None else [])
     if base.is_peft:
         kwargs["adapter_names"] = [base.adapter_names[row.checkpoint] for row in rows]
     with base.lock:  # the processor's padding state and PEFT's hooks are per model, not per call
@@ -401,10 +409,13 @@ def _run(
             add_special_tokens=False,  # the chat template already starts with BOS, as in TRL's training
             return_tensors="pt",
         ).to(model.device, dtype=model.dtype)  # floating-point inputs (pixels) only
+        prompt_length = inputs["input_ids"].shape[1]
+        if min(budgets) < max(budgets):  # rows with a smaller budget end there; the call runs to the largest
+            criteria.append(RowBudget(budgets, prompt_length))
         with torch.inference_mode():
-            sequences = model.generate(**inputs, **kwargs)
-    new_ids = sequences[:, inputs["input_ids"].shape[1] :].tolist()
-    return [base.decoder.complete(ids) for ids in new_ids]
+            sequences = model.generate(**inputs, **kwargs, stopping_criteria=criteria)
+    new_ids = sequences[:, prompt_length:].tolist()
+    return [base.decoder.complete(ids, budget) for ids, budget in zip(new_ids, budgets, strict=True)]
 
 
 def _distinct_parameters(model: torch.nn.Module) -> int:
@@ -437,6 +448,7 @@ class _Row:
     checkpoint: str
     prompt: PromptVariant
     seed: int
+    max_new_tokens: int
 
 
 @dataclass(frozen=True)

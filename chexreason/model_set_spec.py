@@ -10,11 +10,18 @@ A model set is a small YAML file naming the checkpoints in display order::
         model: base           # local path (relative to this file's folder) or a Hub id
         revision: null        # Hub revision of `model`: pin it for Hub ids
         prompt: free_reasoning   # key for chexreason.prompts.get_prompt (default: free_reasoning)
+        max_new_tokens: 192   # generation budget (default 1024): the GRPO recipe's max_completion_length
       - name: sft
         model: base
         adapter: sft          # optional LoRA adapter: local dir (relative path) or Hub id
         adapter_revision: null
         prompt: free_reasoning
+        max_new_tokens: 192
+
+The generation budget is part of a checkpoint: the GRPO stage samples at most ``max_completion_length`` tokens
+and validates with that budget, so an answer cut off sooner is one the policy was never cut off at (no
+``</solution>``: unparseable). `train.grpo`'s export records that length for every checkpoint; evaluation,
+``predict`` and the app use it unless asked otherwise.
 
 A reference starting with ``/``, ``./``, ``../`` or ``~`` is always a local path; otherwise it is a local path
 when it exists next to the YAML file, else a Hub id when it looks like one (``org/name``). Local models and
@@ -46,6 +53,8 @@ SEARCH_PATTERNS: tuple[Path, ...] = (
 
 MIN_CHECKPOINTS, MAX_CHECKPOINTS = 2, 4
 DEFAULT_PROMPT = "free_reasoning"
+# A checkpoint's budget when its set records none: the paper GRPO recipe's max_completion_length.
+DEFAULT_MAX_NEW_TOKENS = 1024
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # also a valid PEFT adapter name (no dots)
@@ -68,6 +77,7 @@ class CheckpointSpec:
         revision: Hub revision of `model`.
         adapter: absolute local path or Hub id of a LoRA adapter, or None for the bare base.
         adapter_revision: Hub revision of `adapter`.
+        max_new_tokens: its generation budget (the max_completion_length it was trained to answer within).
     """
 
     name: str
@@ -77,6 +87,7 @@ class CheckpointSpec:
     revision: str | None = None
     adapter: str | None = None
     adapter_revision: str | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     @property
     def display_title(self) -> str:
@@ -106,6 +117,11 @@ class ModelSetSpec:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.checkpoints)
+
+    @property
+    def largest_budget(self) -> int:
+        """The largest generation budget of the set's checkpoints (the app's token-limit slider starts there)."""
+        return max(c.max_new_tokens for c in self.checkpoints)
 
     def checkpoint(self, name: str) -> CheckpointSpec:
         for checkpoint in self.checkpoints:
@@ -173,6 +189,7 @@ class _CheckpointEntry(BaseModel):
     adapter: str | None = None
     adapter_revision: str | None = None
     prompt: str = DEFAULT_PROMPT
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1)
 
     @field_validator("model", "adapter")
     @classmethod
@@ -262,6 +279,8 @@ def _messages(error: ValidationError, data: Any) -> list[str]:
             messages.append(f"{where}'{key}' must be a string{hint}, got {item['input']!r}")
         elif key in ("min_pixels", "max_pixels"):
             messages.append("min_pixels and max_pixels go together, as positive integers with min <= max")
+        elif key == "max_new_tokens":
+            messages.append(f"{where}'max_new_tokens' must be a whole number of at least 1, got {item['input']!r}")
         elif kind == "value_error":
             messages.append(f"{where}{item['ctx']['error']}")
         else:
@@ -305,6 +324,7 @@ def _checkpoint_spec(entry: _CheckpointEntry, base_dir: Path, where: str, check_
         revision=entry.revision,
         adapter=adapter,
         adapter_revision=entry.adapter_revision,
+        max_new_tokens=entry.max_new_tokens,
     )
 
 

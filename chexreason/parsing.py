@@ -10,8 +10,10 @@ Two notions are kept apart:
   counts; it predicts no labels. Parsing is lenient where validity is strict: a complete answer block
   anywhere in the text is read (the last one, if several), even with text around it.
 
-Inside the answer block, items are separated by commas, semicolons, pipes, newlines or the word "and";
-bullets and a leading "Labels:" are ignored; each item is mapped with `chexreason.labels.normalize_label`.
+Inside the answer block, items are separated by commas, semicolons, pipes, newlines or the word "and" -- except
+where words joined by "and" together name a label ("lines and tubes"), so every variant `chexreason.labels`
+accepts reads back as its label; bullets and a leading "Labels:" are ignored; each item is mapped with
+`chexreason.labels.normalize_label`.
 Items naming no CheXpert label are kept as `invalid_labels` and dropped from `labels`. Tags are matched
 case-insensitively. "No Finding" next to other findings is kept as predicted (the metrics count it) and
 flagged by `ParsedCompletion.contradicts_no_finding`.
@@ -24,13 +26,15 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from chexreason.labels import in_canonical_order, normalize_label
+from chexreason.labels import LABEL_SYNONYMS, in_canonical_order, normalize_label
 from chexreason.prompts import ANSWER_TAGS, LABELS_ONLY, PROTOCOLS, REASONING_TAG, TAG_NAMES, THINK_SOLUTION
 
 _TAG = re.compile(rf"<(/?)({'|'.join(TAG_NAMES)})>", re.IGNORECASE)
 _THINK_BLOCK = re.compile(rf"<{REASONING_TAG}>(.*?)</{REASONING_TAG}>", re.IGNORECASE | re.DOTALL)
 _ANSWER_BLOCK = re.compile(rf"<({'|'.join(ANSWER_TAGS)})>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
-_ITEM_SEPARATOR = re.compile(r"[,;|\n]+|\band\b", re.IGNORECASE)
+_ITEM_SEPARATOR = re.compile(r"[,;|\n]+")
+_AND = re.compile(r"\band\b", re.IGNORECASE)  # also separates items, unless the joined words name a label
+_MAX_AND_PARTS = 1 + max(len(_AND.findall(variant)) for variant in LABEL_SYNONYMS)  # longest run worth rejoining
 _ITEM_PREFIX = re.compile(r"^\s*(?:[-*•]+|\d+[.)])\s*")
 _LIST_PREFIX = re.compile(r"^\s*(?:labels?|findings?|answer|diagnos[ie]s)\s*:\s*", re.IGNORECASE)
 OUTSIDE_TEXT = "text outside the blocks"  # the error of an output whose only fault is stray text
@@ -103,8 +107,8 @@ def _read_labels(answer: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
     labels: list[str] = []
     invalid: list[str] = []
     duplicates: list[str] = []
-    items = [_ITEM_PREFIX.sub("", item).strip() for item in _ITEM_SEPARATOR.split(_LIST_PREFIX.sub("", answer))]
-    items = [item for item in items if item.strip(" .")]
+    chunks = _ITEM_SEPARATOR.split(_LIST_PREFIX.sub("", answer))
+    items = [item for chunk in chunks for item in _split_on_and(chunk) if item.strip(" .")]
     for item in items:
         label = normalize_label(item)
         if label is None:
@@ -114,6 +118,27 @@ def _read_labels(answer: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[s
         else:
             labels.append(label)
     return in_canonical_order(labels), tuple(invalid), tuple(duplicates), len(items)
+
+
+def _split_on_and(chunk: str) -> list[str]:
+    """Split one comma-free chunk on "and", rejoining the longest run of words that names a label.
+
+    Splitting blindly would turn the synonym "lines and tubes" into two invalid items. Scanning from the left,
+    each item is the longest run of and-separated parts that `normalize_label` maps to a label, else one part:
+    "Edema and lines and tubes" -> "Edema", "lines and tubes"; "Edema and Cardiomegaly" -> two items. Runs
+    are capped at the most parts any label variant has, so a degenerate "and and and ..." stays linear.
+    """
+    parts = [_ITEM_PREFIX.sub("", part).strip() for part in _AND.split(chunk)]
+    items, start = [], 0
+    while start < len(parts):
+        longest = min(len(parts), start + _MAX_AND_PARTS)
+        end = next(
+            (end for end in range(longest, start + 1, -1) if normalize_label(" and ".join(parts[start:end]))),
+            start + 1,
+        )
+        items.append(" and ".join(parts[start:end]))
+        start = end
+    return items
 
 
 def _tag_counts(text: str) -> dict[str, int]:

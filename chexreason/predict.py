@@ -187,10 +187,13 @@ def predict_files(
     writer: RowWriter,
     prompt: str | None = None,
     batch_size: int = 4,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int | None = None,
     progress: bool = True,
 ) -> Summary:
-    """Label `files` batch by batch, writing rows as they come; returns the summary counts."""
+    """Label `files` batch by batch, writing rows as they come; returns the summary counts.
+
+    ``max_new_tokens=None``: each checkpoint's own budget, as its model set records it (and evaluation used).
+    """
     summary = Summary(model_set.checkpoints, files=len(files))
     settings = GenerationSettings(max_new_tokens)  # greedy
     with tqdm(total=len(files), unit="file", desc="labelling", disable=not progress) as bar:
@@ -222,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output file: .csv or .jsonl")
     parser.add_argument("--prompt", help="ask every checkpoint with this prompt key instead of its own")
     parser.add_argument("--batch-size", type=int, default=4, help="images per generate call (default 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="generation budget (default: each checkpoint's own, as its model set records it; "
+        f"{DEFAULT_MAX_NEW_TOKENS} where it records none)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", help="weights' dtype, e.g. bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -233,7 +241,7 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[Path], str]:
     kind = FORMATS.get(args.out.suffix.lower())
     if kind is None:
         raise UsageError(f"--out must end in {' or '.join(FORMATS)}, got {args.out}")
-    if args.batch_size < 1 or args.max_new_tokens < 1:
+    if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise UsageError("--batch-size and --max-new-tokens must be at least 1")
     if args.dtype is not None:
         try:

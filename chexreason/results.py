@@ -126,12 +126,17 @@ class Timings(TypedDict):
 class Generation(Strict):
     """How the answers were generated (`chexreason.modeling.GenerationSettings`, plus the batch size)."""
 
-    max_new_tokens: Positive
+    max_new_tokens: Positive | None = None  # the budget of every run; null: budgets differ (see each run's)
     decoding: Literal["greedy", "sampling"]
     temperature: Annotated[float, Field(gt=0)] | None = None  # sampling only
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None  # sampling only
     seed: int | None = None  # sampling only
     batch_size: Positive | None = None
+
+    def describe(self) -> str:
+        """E.g. ``greedy, at most 192 new tokens``."""
+        budget = f"at most {self.max_new_tokens}" if self.max_new_tokens else "each checkpoint's own budget of"
+        return f"{self.decoding}, {budget} new tokens"
 
     @model_validator(mode="after")
     def _sampling_fields(self) -> Generation:
@@ -161,6 +166,7 @@ class EvalRun(Strict):
     prompt: str
     metrics: Metrics
     truncation_rate: Unit | None = None  # null: not recorded (v1 files)
+    max_new_tokens: Positive | None = None  # the budget its answers had; null: not recorded (older files)
     macro_f1_ci: Interval | None = None
     timings: Timings | None = None
 

@@ -4,14 +4,18 @@ Every reward has TRL's signature, ``reward(completions, ground_truth, **kwargs) 
 `ground_truth` is the dataset column of the same name (one list of CheXpert labels per completion), and is
 callable outside a trainer. Each is built from a scalar per-sample core that reuses the one parser
 (`chexreason.parsing`), so the rewards read outputs exactly as evaluation does. Choose them by name with
-`get_reward`.
+`get_reward`, or import the stateless ones, built with the recipe defaults: ``from chexreason.rewards import
+hard_reward, format_reward``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
+import math
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -19,10 +23,14 @@ from chexreason.labels import CHEXPERT_LABELS, normalize_label
 from chexreason.parsing import OUTSIDE_TEXT, ParsedCompletion, completion_text, parse_completion
 from chexreason.prompts import THINK_SOLUTION
 
+logger = logging.getLogger(__name__)
+
 RewardFunc = Callable[..., list[float]]
 
 # Share of CheXpert train frontal images positive for each label (135,601 images in the 300 most common
-# label combinations; counted from train.csv). Used to weight false-positive penalties by frequency.
+# label combinations; counted from train.csv). The nuanced reward's default false-positive weights, for a reward
+# built outside a run; a GRPO run derives its own from the split it trains on (`label_prevalence`, called by
+# `chexreason.training.grpo.build_rewards`).
 CHEXPERT_PREVALENCE: dict[str, float] = {
     "Support Devices": 0.591,
     "Lung Opacity": 0.474,
@@ -147,7 +155,68 @@ def make_format_reward(protocol: str = THINK_SOLUTION) -> RewardFunc:
     return format_reward
 
 
+# The stateless rewards with the recipe defaults (`train.configs.GRPOStageConfig`: 250 tokens, λ_len 0.1; the
+# think_solution protocol), importable by name as in TRL's examples. There is deliberately no module-level nuanced
+# reward: it keeps a sliding window of recent predictions, so one shared instance would mix the windows of every
+# caller (and of successive runs in one process), and a run gives it weights from its own RL split. Build one per
+# run with ``get_reward("nuanced")``.
+hard_reward: RewardFunc = make_hard_reward()
+format_reward: RewardFunc = make_format_reward()
+
+
 # ------------------------------------------------------------------------------------------ nuanced
+
+PREVALENCE_SMOOTHING = 1.0  # α of `label_prevalence`: add-one (Laplace)
+NUANCED_WEIGHTS_JSON = "nuanced_reward_weights.json"  # where a GRPO run records the weights it derived
+
+
+def count_labels(ground_truth: Iterable[Iterable[str]]) -> tuple[dict[str, int], int]:
+    """Positives per CheXpert label (all 14, zeros included) in a split's ``ground_truth`` column, and its rows.
+
+    >>> counts, n_rows = count_labels([["Edema"], ["edema", "Cardiomegaly"]])
+    >>> counts["Edema"], counts["Fracture"], n_rows
+    (2, 0, 2)
+    """
+    counts: Counter[str] = Counter()
+    n_rows = 0
+    for labels in ground_truth:
+        counts.update(canonical_truth(labels))  # a set: a row counts each label once
+        n_rows += 1
+    return {label: counts[label] for label in CHEXPERT_LABELS}, n_rows
+
+
+def label_prevalence(
+    counts: Mapping[str, int], n_rows: int, smoothing: float = PREVALENCE_SMOOTHING
+) -> dict[str, float]:
+    """Share of rows positive for each CheXpert label, smoothed: ``(count + α) / (n_rows + 2α)``.
+
+    The nuanced reward weights a wrong label by its prevalence in the split the policy trains on (the paper
+    makes the common labels, such as No Finding and Support Devices, the expensive mistakes). Each label is a
+    yes/no per image, so add-α smoothing is the posterior mean under a Beta(α, α) prior: a label the split never
+    shows still gets a small, non-zero prevalence (its mistakes cost a little more than ``false_positive_min``),
+    and the prior fades as the split grows (α = 1 moves a 100,000-row split by at most 1e-5).
+
+    Args:
+        counts: positives per label, e.g. from `count_labels` or a ``label_counts`` entry of the data build's
+            ``manifest.json`` (which leaves out labels never seen: they count 0).
+        n_rows: rows in the split (the manifest's ``splits[name]["size"]``).
+        smoothing: α > 0.
+
+    >>> prevalence = label_prevalence({"Edema": 3}, n_rows=8)
+    >>> prevalence["Edema"], prevalence["Fracture"]
+    (0.4, 0.1)
+    """
+    unknown = sorted(set(counts) - set(CHEXPERT_LABELS))
+    if unknown:
+        raise ValueError(f"label counts name labels that are not CheXpert labels: {unknown}")
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be at least 0, not {n_rows}")
+    out_of_range = {label: count for label, count in counts.items() if not 0 <= count <= n_rows}
+    if out_of_range:
+        raise ValueError(f"a label cannot have fewer than 0 or more positives than rows ({n_rows}): {out_of_range}")
+    if not smoothing > 0:
+        raise ValueError(f"smoothing must be positive (got {smoothing}): a label never seen needs a prevalence")
+    return {label: (counts.get(label, 0) + smoothing) / (n_rows + 2 * smoothing) for label in CHEXPERT_LABELS}
 
 
 @dataclass(frozen=True)
@@ -158,8 +227,9 @@ class NuancedRewardConfig:
     exact_match: float = 100.0  # (paper) exact label-set match
     recall_credit: float = 30.0  # (paper) × correct / |truth|
     precision_credit: float = 20.0  # (paper) × correct / |predicted|
-    false_positive_min: float = 5.0  # penalty for a wrong prediction of the rarest label
+    false_positive_min: float = 5.0  # penalty for a wrong prediction of a label of prevalence 0
     false_positive_max: float = 25.0  # ... and of the most frequent label; linear in prevalence between
+    # A run passes its RL split's (`label_prevalence`); CheXpert's train prevalence is the default outside one.
     label_prevalence: Mapping[str, float] = field(default_factory=lambda: dict(CHEXPERT_PREVALENCE))
     window_size: int = 100  # (paper) sliding window of recent predictions
     min_window: int = 20  # repetition/collapse are judged only once the window holds this many
@@ -184,6 +254,28 @@ class NuancedRewardConfig:
         top = max(self.label_prevalence.values()) or 1.0
         share = self.label_prevalence[label] / top
         return self.false_positive_min + (self.false_positive_max - self.false_positive_min) * share
+
+
+def nuanced_reward_weights(
+    config: NuancedRewardConfig, counts: Mapping[str, int], n_rows: int, smoothing: float = PREVALENCE_SMOOTHING
+) -> dict:
+    """The nuanced reward's false-positive weights with what they came from, JSON-ready, for a run's records:
+    per label (canonical order) its count, prevalence and false-positive cost."""
+    labels = {
+        label: {
+            "count": int(counts.get(label, 0)),
+            "prevalence": config.label_prevalence[label],
+            "false_positive_cost": config.false_positive_cost(label),
+        }
+        for label in CHEXPERT_LABELS
+    }
+    return {
+        "n_rows": n_rows,
+        "smoothing": smoothing,
+        "false_positive_min": config.false_positive_min,
+        "false_positive_max": config.false_positive_max,
+        "labels": labels,
+    }
 
 
 @dataclass(frozen=True)
@@ -216,8 +308,18 @@ class NuancedReward:
 
     __name__ = "nuanced_reward"  # TRL logs rewards under their function's __name__
 
-    def __init__(self, config: NuancedRewardConfig | None = None, protocol: str = THINK_SOLUTION) -> None:
-        self.config = config or NuancedRewardConfig()
+    def __init__(
+        self,
+        config: NuancedRewardConfig | None = None,
+        protocol: str = THINK_SOLUTION,
+        label_prevalence: Mapping[str, float] | None = None,
+    ) -> None:
+        """`label_prevalence`, when given, replaces the config's: a run passes its RL split's (see the module-level
+        `label_prevalence`), so `reward_from_recipe` hands it to this reward alone."""
+        config = config or NuancedRewardConfig()
+        if label_prevalence is not None:
+            config = dataclasses.replace(config, label_prevalence=dict(label_prevalence))
+        self.config = config
         self.protocol = protocol
         self.window: deque[tuple[frozenset[str], frozenset[str]]] = deque(maxlen=self.config.window_size)
 
@@ -275,17 +377,34 @@ class NuancedReward:
         return [p.total for p in parts]
 
     def state_dict(self) -> dict:
-        """The window, JSON-serialisable, for checkpoints."""
+        """The window, JSON-serialisable, for checkpoints, with the prevalence the weights came from."""
         return {
             "config": {k: v for k, v in asdict(self.config).items() if k != "label_prevalence"},
+            "label_prevalence": dict(self.config.label_prevalence),
             "window": [[sorted(p), sorted(t)] for p, t in self.window],
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore the window saved by `state_dict`."""
+        """Restore the window saved by `state_dict`.
+
+        The weights are not restored: a resumed run rebuilds them from the same RL split, so they match. If they
+        do not (the data were rebuilt in between), this reward keeps the weights of the data it now trains on
+        and warns, naming the labels, so the run does not silently change its weights halfway.
+        """
         self.window.clear()
         for predicted, truth in state["window"]:
             self.window.append((frozenset(predicted), frozenset(truth)))
+        saved = state.get("label_prevalence")
+        if saved is None:  # a checkpoint written before the weights were saved with the window
+            return
+        current = self.config.label_prevalence
+        changed = sorted(label for label, p in current.items() if not math.isclose(saved.get(label, math.nan), p))
+        if changed:
+            logger.warning(
+                "the nuanced reward's false-positive weights differ from the checkpoint's (prevalence of %s); "
+                "keeping the ones derived from this run's RL split",
+                ", ".join(changed),
+            )
 
 
 # ---------------------------------------------------------------------------------------- registry

@@ -209,7 +209,7 @@ def test_example_and_every_tab(visit, shots):
 
     plots = {
         "Results": ("plot-macro-f1", "plot-per-label", "plot-paper"),
-        "Training": ("plot-sft", "plot-grpo-reward", "plot-grpo-kl", "plot-grpo-length"),
+        "Training": ("plot-sft", "plot-grpo-reward", "plot-grpo-kl", "plot-grpo-length", "plot-grpo-clipping"),
     }
     for tab, ids in plots.items():
         page.get_by_role("tab", name=tab).click()

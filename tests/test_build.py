@@ -1,6 +1,7 @@
 """`python -m train.data`: phantom and real-format builds, idempotence, clear config errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -149,3 +150,120 @@ def test_real_format_build(tmp_path):
     assert nih["00000002_000.png"] == []  # Infiltration only: no CheXpert label, and not No Finding
     assert built["test_nih"][0]["image"].size == (64, 64)  # images are read from the user's folder
     assert manifest["splits"]["test_nih"]["label_set"] == "nih9"
+
+
+# ------------------------------------------------------------------------- validation and test splits
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+VALID_HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)  # CheXpert-v1.0 train/valid.csv
+
+
+def _valid_csv(chexpert):
+    """CheXpert's valid.csv inside CheXpert-v1.0-small/ (3 frontal images, 1 lateral), images under root/Path."""
+    rows = []
+    for i, (view, ap_pa, values) in enumerate([
+        ("Frontal", "AP", {"Cardiomegaly": "1.0", "Edema": "-1.0"}),  # uncertain: the recipe's policy decides
+        ("Frontal", "PA", {"No Finding": "1.0"}),
+        ("Frontal", "AP", {"Pleural Effusion": "1.0", "Support Devices": ""}),  # blank: not mentioned
+        ("Lateral", "", {"Cardiomegaly": "1.0"}),
+    ]):  # fmt: skip
+        name = "view2_lateral.jpg" if view == "Lateral" else "view1_frontal.jpg"
+        rel = f"CheXpert-v1.0-small/valid/patient6454{i}/study1/{name}"
+        _jpg(chexpert / rel, 140)
+        cells = [values.get(label, "0.0") for label in CHEXPERT_LABELS]
+        rows.append(",".join([rel, "Female", "70", view, ap_pa, *cells]))
+    path = chexpert / "CheXpert-v1.0-small" / "valid.csv"
+    path.write_text("\n".join([VALID_HEADER, *rows]) + "\n")
+    return path
+
+
+def test_split_roles_are_one_rule():
+    from chexreason.data.build import report_splits, selection_splits, split_role
+
+    real = ["sft_train", "sft_validation", "rl", "valid_chexpert", "test_chexpert", "test_nih"]
+    assert [split_role(name) for name in real] == ["training", "validation", "training", "validation", "test", "test"]
+    assert selection_splits(real) == ["valid_chexpert"]  # the paper's Tables 1-4: CheXpert validation
+    assert report_splits(real) == ["test_chexpert", "test_nih"]
+    phantom = ["sft_train", "sft_validation", "rl", "test_phantom_a", "test_phantom_b"]
+    assert selection_splits(phantom) == ["sft_validation"] and report_splits(phantom) == phantom[3:]
+
+
+@pytest.mark.parametrize(("policy", "edema"), [("u-zeros", False), ("u-ones", True)])
+def test_real_build_has_a_chexpert_validation_split(tmp_path, policy, edema):
+    paths = _real_tree(tmp_path / "raw")
+    valid = _valid_csv(tmp_path / "raw" / "chexpert")
+    out = tmp_path / "built"
+    argv = ["--config", "train/recipes/paper/data.yaml", "--output_dir", str(out), *paths, "--sft_samples", "20",
+            "--rl_samples", "10", "--chexpert_valid_csv", str(valid), "--uncertainty_policy", policy]  # fmt: skip
+    manifest = train_data.main(argv)
+    built = load_built(out)
+    assert list(built) == ["sft_train", "sft_validation", "rl", "valid_chexpert", "test_chexpert", "test_nih"]
+    rows = built["valid_chexpert"]
+    assert len(rows) == 3 and "LATERAL" not in set(rows["view"])  # frontal only, as the test split
+    assert manifest["splits"]["valid_chexpert"] == {"size": 3, "label_set": "chexpert14"}
+    truth = {row["patient_id"]: row["ground_truth"] for row in rows}
+    assert truth["chexpert:patient64540"] == (["Cardiomegaly", "Edema"] if edema else ["Cardiomegaly"])
+    assert truth["chexpert:patient64541"] == ["No Finding"] and set(rows["dataset"]) == {"chexpert"}
+    assert not set(rows["patient_id"]) & set(built["test_chexpert"]["patient_id"])
+
+
+def test_a_named_but_absent_validation_csv_is_a_message_before_any_work(tmp_path, monkeypatch):
+    from chexreason.data import build
+
+    def never(*args, **kwargs):
+        raise AssertionError("a dataset was read before the paths were checked")
+
+    monkeypatch.setattr(build, "read_mimic", never)
+    paths = _real_tree(tmp_path / "raw")
+    absent = tmp_path / "raw" / "chexpert" / "valid.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        train_data.main(["--config", "train/recipes/paper/data.yaml", "--output_dir", str(tmp_path / "built"),
+                         *paths, "--chexpert_valid_csv", str(absent)])  # fmt: skip
+    message = str(exit_info.value)
+    assert f"chexpert_valid_csv {absent} does not exist" in message and "\n" not in message
+    assert not (tmp_path / "built" / "datasets").exists()
+
+
+def test_the_test_csv_is_not_a_validation_csv(tmp_path):
+    paths = _real_tree(tmp_path / "raw")
+    test_csv = paths[paths.index("--chexpert_test_csv") + 1]
+    with pytest.raises(SystemExit, match="chexpert_valid_csv is the chexpert_test_csv"):
+        train_data.main(["--config", "train/recipes/paper/data.yaml", "--output_dir", str(tmp_path / "built"),
+                         *paths, "--chexpert_valid_csv", test_csv])  # fmt: skip
+
+
+def test_a_validation_csv_sharing_test_patients_is_refused(tmp_path):
+    paths = _real_tree(tmp_path / "raw")
+    chexpert = tmp_path / "raw" / "chexpert"
+    leaky = chexpert / "valid.csv"  # one row: an image of the test set's patient64740
+    leaky.write_text(VALID_HEADER + "\ntest/patient64740/study1/view1_frontal.jpg,Male,60,Frontal,PA" + ",0.0" * 14)
+    with pytest.raises(SystemExit, match="valid_chexpert and test_chexpert share 1 patient"):
+        train_data.main(["--config", "train/recipes/paper/data.yaml", "--output_dir", str(tmp_path / "built"), *paths,
+                         "--sft_samples", "20", "--rl_samples", "10", "--chexpert_valid_csv", str(leaky)])  # fmt: skip
+
+
+def _shared_valid_csv():
+    found = sorted(SHARED_DATA.glob("**/valid.csv")) if SHARED_DATA.is_dir() else []
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_shared_valid_csv() is None, reason=f"no CheXpert valid.csv under {SHARED_DATA}")
+def test_shared_chexpert_valid_csv_reads_as_a_validation_split():
+    from chexreason.data import read_chexpert
+    from chexreason.data.splits import example_from_record
+
+    result = read_chexpert(_shared_valid_csv(), check_files=False)  # the tables alone; images may be absent
+    assert len(result) > 0 and len(result) == result.summary.rows_read - result.summary.rows_dropped
+    examples = [example_from_record(record, "u-zeros") for record in result]
+    assert all(not isinstance(e, str) and set(e.truth) <= set(CHEXPERT_LABELS) for e in examples)
+
+
+def test_an_unset_validation_csv_keeps_the_data_fingerprint(phantom_build):
+    # The field came after builds and bundled results (checkpoints/tiny/eval.json) recorded their data fingerprint:
+    # unset, it leaves the key what it was before the field existed.
+    from chexreason.results import fingerprint
+
+    manifest = phantom_build[2]
+    assert manifest["config"]["chexpert_valid_csv"] is None
+    small = {k: v for k, v in manifest["config"].items() if k not in ("output_dir", "workers", "chexpert_valid_csv")}
+    assert manifest["fingerprint"] == fingerprint(small)

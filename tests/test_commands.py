@@ -13,3 +13,36 @@ def test_every_command_answers_help(command, capsys):
         importlib.import_module(command).main(["--help"])
     assert done.value.code in (0, None)
     assert "--" in capsys.readouterr().out  # the options are listed
+
+
+@pytest.mark.parametrize("stage", ["base", "sft", "grpo", "evaluate"])
+def test_a_stage_without_config_runs_its_tiny_recipe(stage):
+    # `python -m train.grpo` alone regenerates checkpoints/tiny: the tiny recipe, not TRL's GPU defaults (bf16).
+    import yaml
+
+    from train import configs
+
+    types = {
+        "base": (configs.BaseStageConfig,),
+        "sft": (configs.ModelArguments, configs.SFTStageConfig),
+        "grpo": (configs.ModelArguments, configs.GRPOStageConfig),
+        "evaluate": (configs.EvaluateConfig,),
+    }[stage]
+    *parsed, data = configs.parse_stage(f"train.{stage}", types, [])
+    recipe = yaml.safe_load((configs.TINY_RECIPES / f"{stage}.yaml").read_text())
+    fields = {key: getattr(config, key) for config in parsed for key in recipe if hasattr(config, key)}
+    assert {key: fields[key] for key in ("data_config", "output_dir", "export_dir", "models") if key in recipe} == {
+        key: recipe[key] for key in ("data_config", "output_dir", "export_dir", "models") if key in recipe
+    }
+    assert data.output_dir == "outputs/tiny/data"
+    overridden = configs.parse_stage(f"train.{stage}", types, ["--seed", "7"])  # the command line still wins
+    assert overridden[-2].seed == 7
+
+
+def test_data_without_config_builds_the_tiny_recipe(monkeypatch):
+    from train import data
+
+    seen = {}
+    monkeypatch.setattr(data, "build_datasets", lambda config: seen.setdefault("config", config) and {})
+    data.main([])
+    assert seen["config"].source == "phantom" and seen["config"].output_dir == "outputs/tiny/data"

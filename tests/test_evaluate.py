@@ -84,13 +84,13 @@ def test_unknown_split_is_a_message(tiny_set, data_recipe):
 def test_prompt_sweep_on_one_checkpoint(tiny_set, data_recipe, tmp_path):
     # The paper's Table 1: one checkpoint under several prompt variants; no checkpoint comparisons.
     out = tmp_path / "prompts.json"
-    evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--datasets", "test_phantom_a",
+    evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--datasets", "sft_validation",
                    "--limit", "2", "--n_resamples", "20", "--max_new_tokens", "8", "--checkpoint", "sft",
                    "--prompts", "reasoning_a", "reasoning_narrative", "--out", str(out)])  # fmt: skip
     results = load_results(out)
     assert [(r.checkpoint, r.prompt) for r in results.runs] == [("sft", "reasoning_a"), ("sft", "reasoning_narrative")]
     assert results.comparisons == []
-    assert results.run("sft", "test_phantom_a", "reasoning_narrative").prompt == "reasoning_narrative"
+    assert results.run("sft", "sft_validation", "reasoning_narrative").prompt == "reasoning_narrative"
     assert len(list(results.iter_records(prompt="reasoning_a"))) == 2
     assert (tmp_path / "prompts.records.jsonl").is_file()
 
@@ -132,3 +132,28 @@ def test_an_image_named_by_an_absolute_path_is_a_message(tiny_set, data_recipe, 
     monkeypatch.setattr(evaluation, "image_sources", absolute)
     with pytest.raises(SystemExit, match=r"train\.evaluate: image /data/x\.png"):
         evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--limit", "1"])
+
+
+def test_a_prompt_sweep_defaults_to_the_validation_split(tiny_set, data_recipe, tmp_path):
+    # Choosing a prompt is selection: the sweep runs on the build's validation split, never on test by default.
+    out = tmp_path / "prompts.json"
+    evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--limit", "2", "--n_resamples",
+                   "20", "--max_new_tokens", "4", "--prompts", "reasoning_a", "--out", str(out)])  # fmt: skip
+    results = load_results(out)
+    assert {r.dataset for r in results.runs} == {"sft_validation"} and set(results.data.splits) == {"sft_validation"}
+
+
+@pytest.mark.parametrize("datasets", [["test_phantom_a"], ["sft_validation", "test_phantom_b"]])
+def test_a_prompt_sweep_on_a_test_split_is_refused(tiny_set, data_recipe, monkeypatch, datasets):
+    from chexreason.modeling import ModelSet
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated before refusing a sweep on a test split")
+
+    monkeypatch.setattr(ModelSet, "complete_batch", never)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--models", str(tiny_set), "--data_config", str(data_recipe), "--prompts", "reasoning_a",
+                       "--datasets", *datasets])  # fmt: skip
+    message = str(exit_info.value)
+    assert message.startswith("train.evaluate: ") and "\n" not in message
+    assert datasets[-1] in message and "selection on test" in message and "--datasets sft_validation" in message

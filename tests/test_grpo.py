@@ -211,6 +211,22 @@ def test_logs_hold_reward_kl_length_and_fail_rate(resumed_run):
     assert log["best"]["macro_f1"] == max(v["macro_f1"] for v in log["validation"])
 
 
+def test_logs_show_what_was_clipped_and_the_completions_as_scored(resumed_run):
+    out, _ = resumed_run
+    history = json.loads((out / "grpo_log.json").read_text())["log_history"]
+    steps = [e for e in history if "loss" in e]
+    assert steps and all(key in e for e in steps for key in ("clip_ratio/region_mean", "completions/clipped_ratio"))
+    max_norm = yaml.safe_load(PAPER_RECIPE.read_text()).get("max_grad_norm", 1.0)  # 1.0: transformers' default
+    for entry in steps:  # one step per log: the rate is whether this step's pre-clip norm exceeded max_grad_norm
+        assert entry["grad_clip_rate"] == float(entry["grad_norm"] > max_norm)
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert {row["step"] for row in rows} >= {1, 2}
+    for row in rows:
+        assert set(row["rewards"]) == {"nuanced_reward", "parity_reward"}
+        assert 0 < row["n_tokens"] <= MAX_TOKENS and row["completion"] and row["ground_truth"] is not None
+        assert row["parseable"] is False and row["labels"] is None  # a random model writes no answer block
+
+
 def test_rewards_read_the_tags_trl_drops(tiny):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -243,8 +259,9 @@ def test_recipe_sets_the_papers_grpo_values():
     )
     expected = {"loss_type": "dr_grpo", "beta": 0.15, "epsilon": 0.15, "epsilon_high": 0.22,
                 "importance_sampling_level": "token", "scale_rewards": "none", "num_generations": 4,
-                "temperature": 0.8, "top_p": 0.95}  # fmt: skip
-    assert expected == PAPER_GRPO
+                "temperature": 0.8, "top_p": 0.95, "use_bias_correction_kl": False,
+                "vllm_importance_sampling_correction": False}  # fmt: skip
+    assert expected.items() <= PAPER_GRPO.items()  # and more that the paper pins (tests/test_recipes.py)
     assert {name: getattr(config, name) for name in expected} == expected
     assert config.paper_departures() == {}
     assert config.max_completion_length is not None and config.rewards == ["hard"]
@@ -345,10 +362,13 @@ def test_export_bundles_a_loadable_evaluated_model_set(tiny, sft_adapter, data_r
                "--export_dir", str(export), "--evaluate_after", "true"])  # fmt: skip
     models = load_model_set(export / "model_set.yaml")
     assert models.checkpoints == ("base", "sft", "grpo")
+    # Every checkpoint answers within the budget GRPO sampled and validated with, in evaluation too.
+    assert {models.spec.checkpoint(name).max_new_tokens for name in models.checkpoints} == {MAX_TOKENS}
     assert not any("ref" in p.name for p in (export / "grpo").iterdir())
     results = load_results(export / "eval.json")
     assert {r.checkpoint for r in results.runs} == set(results.checkpoints) == {"base", "sft", "grpo"}
     assert results.records_file == export / "eval.records.jsonl"
+    assert results.generation.max_new_tokens == MAX_TOKENS
     card = (export / "README.md").read_text()
     assert "not for diagnosis" in card and "grpo − sft" in card and "truncation rate" in card
     assert "python -m train.grpo --config " in card and "--max_steps 1" in card  # the command that made it
@@ -367,3 +387,72 @@ def test_model_card_warns_of_phantoms_only_when_it_was_scored_on_phantoms():
         object.__setattr__(split, "images", "chexpert")
     card = model_card(real, "python -m train.grpo --config x.yaml")
     assert "phantoms" not in card and "not for diagnosis" in card
+
+
+def _rl_split(rows: list[list[str]]):
+    """An in-memory stand-in for the built RL split: only its ground_truth column matters to the rewards."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"id": [str(i) for i in range(len(rows))], "ground_truth": rows})
+
+
+def test_nuanced_weights_come_from_the_rl_split(tmp_path):
+    from chexreason.rewards import CHEXPERT_PREVALENCE, NUANCED_WEIGHTS_JSON, count_labels, label_prevalence
+    from chexreason.training.grpo import build_rewards
+
+    rows = [["Edema"], ["Edema", "Cardiomegaly"], ["No Finding"], ["No Finding"], ["No Finding"]]
+    expected = label_prevalence(*count_labels(rows))
+    rewards = build_rewards(["hard", "nuanced"], "think_solution", 250, 0.1, _rl_split(rows), weights_dir=tmp_path)
+    config = rewards["nuanced"].config
+    assert dict(config.label_prevalence) == expected != CHEXPERT_PREVALENCE
+    # The run records the weights, with the counts they came from.
+    record = json.loads((tmp_path / NUANCED_WEIGHTS_JSON).read_text())
+    assert record["n_rows"] == 5 and record["labels"]["No Finding"]["count"] == 3
+    for label, entry in record["labels"].items():
+        assert entry["prevalence"] == pytest.approx(expected[label])
+        assert entry["false_positive_cost"] == pytest.approx(config.false_positive_cost(label))
+    # No Finding is the most common label here, so its false positives cost the most.
+    assert record["labels"]["No Finding"]["false_positive_cost"] == pytest.approx(config.false_positive_max)
+
+
+def test_nuanced_weights_are_written_only_when_asked_and_used(tmp_path):
+    from chexreason.rewards import CHEXPERT_PREVALENCE, NUANCED_WEIGHTS_JSON
+    from chexreason.training.grpo import build_rewards
+
+    rl = _rl_split([["Edema"], ["Fracture"]])
+    build_rewards(["hard"], "think_solution", 250, 0.1, rl, weights_dir=tmp_path)  # no nuanced reward: no record
+    rewards = build_rewards(["nuanced"], "think_solution", 250, 0.1, rl)  # not the main process: no record
+    assert not (tmp_path / NUANCED_WEIGHTS_JSON).exists()
+    assert rewards["nuanced"].config.label_prevalence["Edema"] == pytest.approx(2 / 4)
+    # Without an RL split (outside a run) the nuanced reward keeps CheXpert's train prevalence.
+    assert dict(build_rewards(["nuanced"], "think_solution", 250, 0.1)["nuanced"].config.label_prevalence) == (
+        CHEXPERT_PREVALENCE
+    )
+
+
+def test_module_level_rewards_use_the_recipe_defaults():
+    import dataclasses
+
+    from chexreason.rewards import hard_reward, make_hard_reward
+    from train.configs import GRPOStageConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOStageConfig)}
+    recipe = make_hard_reward(defaults["reward_length_threshold"], defaults["reward_length_penalty"])
+    # 25, 249 and 250 approximate tokens: short, one under the 250-token threshold (pays λ_len 0.1), at it (does not).
+    completions = ["<think>" + "w " * n + "</think><solution>Edema</solution>" for n in (10, 234, 235)]
+    truth = [["Edema"]] * 3
+    assert hard_reward(completions, truth) == recipe(completions, truth) == pytest.approx([0.9, 0.9, 1.0])
+
+
+def test_the_run_records_the_nuanced_weights_of_its_rl_split(resumed_run, data_recipe):
+    from chexreason.data.build import MANIFEST
+    from chexreason.rewards import NUANCED_WEIGHTS_JSON
+    from train.configs import read_data_config
+
+    out, _ = resumed_run
+    record = json.loads((out / NUANCED_WEIGHTS_JSON).read_text())
+    manifest = json.loads((Path(read_data_config(str(data_recipe)).output_dir) / MANIFEST).read_text())
+    # The counts are the RL split's, as the data build reported them (it leaves out labels never seen).
+    assert record["n_rows"] == manifest["splits"]["rl"]["size"]
+    seen = {label: entry["count"] for label, entry in record["labels"].items() if entry["count"]}
+    assert seen == manifest["label_counts"]["rl"]

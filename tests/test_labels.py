@@ -94,3 +94,14 @@ def test_resolve_label_set():
         resolve_label_set("nih14")
     with pytest.raises(ValueError, match="not CheXpert labels"):
         resolve_label_set(["Hernia"])
+
+
+def test_every_synonym_is_reachable_and_names_a_chexpert_label():
+    # The table is keyed by normalised text: an entry whose key is not normalised could never be looked up.
+    from chexreason.labels import LABEL_SYNONYMS
+
+    assert set(LABEL_SYNONYMS.values()) == set(CHEXPERT_LABELS)
+    for variant, label in LABEL_SYNONYMS.items():
+        assert normalize_label(variant) == label == normalize_label(variant.upper())
+    with pytest.raises(TypeError):
+        LABEL_SYNONYMS["tubes"] = "Support Devices"  # read-only: the parser's vocabulary is fixed here

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from chexreason import model_set_spec
@@ -31,6 +32,7 @@ from chexreason.modeling import (
 )
 from chexreason.prompts import get_prompt
 from chexreason.training import LM_PROJECTIONS
+from chexreason.training.grpo import BEST_ADAPTER
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -155,14 +157,16 @@ def test_bundled_examples_validate_without_loading():
     paper = read_model_set("medgemma-4b-paper", check_paths=False)  # its adapters are trained by the user
     assert {c.model for c in paper.checkpoints} == {"google/medgemma-4b-it"}
     assert len({c.base_key for c in paper.checkpoints}) == 1
-    outputs = REPO_ROOT / "outputs" / "medgemma-4b"
-    assert [c.adapter for c in paper.checkpoints] == [
-        None,
-        str(outputs / "sft_free_reasoning"),
-        str(outputs / "grpo_hard"),
-    ]
+    # Its adapters are the folders the paper recipes' stages write: SFT's `<output_dir>/adapter` and GRPO's best
+    # policy by validation macro-F1, `<output_dir>/best_adapter` (the paper's Table 4 selection).
+    recipes = {name: yaml.safe_load((REPO_ROOT / "train/recipes/medgemma-4b" / f"{name}.yaml").read_text())
+               for name in ("sft_free_reasoning", "grpo_hard")}  # fmt: skip
+    sft_out, grpo_out = (REPO_ROOT / recipes[name]["output_dir"] for name in ("sft_free_reasoning", "grpo_hard"))
+    assert REPO_ROOT / recipes["grpo_hard"]["sft_adapter"] == sft_out / "adapter"
+    assert [c.adapter for c in paper.checkpoints] == [None, str(sft_out / "adapter"), str(grpo_out / BEST_ADAPTER)]
+    assert {c.max_new_tokens for c in paper.checkpoints} == {recipes["grpo_hard"]["max_completion_length"]}
     assert all(get_prompt(c.prompt).protocol == "think_solution" for c in paper.checkpoints)
-    if not (outputs / "sft_free_reasoning").exists():
+    if not (sft_out / "adapter").exists():
         with pytest.raises(ModelSetError, match="not found"):
             read_model_set("medgemma-4b-paper")
 
@@ -414,3 +418,45 @@ def test_dora_adapters_are_refused(tiny_set: Path, tmp_path: Path):
     )
     with pytest.raises(ModelSetError, match="DoRA"):
         load_model_set(path)
+
+
+def test_prompts_use_the_chat_template_saved_with_the_adapters(tiny_set: Path, tmp_path: Path):
+    """Inference prompts with the template the adapters were trained with (saved beside them by train.sft and
+    train.grpo); the base's one processor serves all its checkpoints, so adapters that disagree are refused."""
+    import shutil
+
+    from trl.chat_template_utils import gemma3_chat_template, gemma3_training_chat_template
+
+    base = tiny_set.parent.resolve() / "base"
+    for name in ("sft", "grpo"):
+        shutil.copytree(tiny_set.parent / name, tmp_path / name)
+        (tmp_path / name / "chat_template.jinja").write_text(gemma3_training_chat_template)
+    path = tmp_path / "templated.yaml"
+    path.write_text(
+        "checkpoints:\n"
+        + "".join(f"  - {{name: {n}, model: {base}, adapter: ./{n}}}\n" for n in ("sft", "grpo"))
+        + f"  - {{name: base, model: {base}}}\n"
+    )
+    assert load_model_set(path).bases[0].processor.chat_template == gemma3_training_chat_template
+    (tmp_path / "grpo" / "chat_template.jinja").write_text(gemma3_chat_template)
+    with pytest.raises(ModelSetError, match="carry different chat templates"):
+        load_model_set(path)
+
+
+@pytest.mark.parametrize("original", ["gemma3", "qwen2_5_vl"])  # the MedGemma and Qwen2.5-VL recipes' templates
+def test_a_training_template_prompts_as_its_original(tiny: Path, original: str):
+    """Why the bare base may share its adapters' training template: with add_generation_prompt the two render the
+    same prompt text (the {% generation %} markers only tag the assistant's tokens when there is an answer)."""
+    import trl
+    from transformers import AutoProcessor
+
+    folder = Path(trl.__file__).parent / "chat_templates"
+    tokenizer = AutoProcessor.from_pretrained(tiny).tokenizer
+    system = [{"role": "system", "content": [{"type": "text", "text": "You are an expert radiologist."}]}]
+    for messages in (get_prompt("free_reasoning").messages(), system + get_prompt("reasoning_a").messages()):
+        templates = [(folder / f"{name}.jinja").read_text() for name in (original, f"{original}_training")]
+        rendered = [
+            tokenizer.apply_chat_template(messages, chat_template=t, tokenize=False, add_generation_prompt=True)
+            for t in templates
+        ]
+        assert rendered[0] == rendered[1]

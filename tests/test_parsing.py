@@ -149,6 +149,64 @@ def test_very_long_output_is_parsed_quickly():
     assert time.perf_counter() - start < 2.0  # linear-time regexes; a backtracking bug would take minutes
 
 
+def test_a_long_and_joined_answer_is_parsed_quickly():
+    import time
+
+    # Rejoining "and"-separated words into a label must not try every run of a degenerate answer (cubic time).
+    text = "<think>a</think><solution>" + "Edema and " * 20_000 + "lines and tubes</solution>"
+    start = time.perf_counter()
+    parsed = parse_completion(text)
+    assert parsed.labels == ("Edema", "Support Devices") and len(parsed.duplicate_labels) == 19_999
+    assert time.perf_counter() - start < 2.0
+
+
 def test_unknown_protocol_is_rejected():
     with pytest.raises(ValueError, match="unknown protocol"):
         parse_completion("x", protocol="xml")
+
+
+def _variants() -> list[tuple[str, str]]:
+    """Every way `chexreason.labels` lets a label be written: each synonym-table entry and each canonical name."""
+    from chexreason.labels import CHEXPERT_LABELS, LABEL_SYNONYMS
+
+    return sorted({*LABEL_SYNONYMS.items(), *((label, label) for label in CHEXPERT_LABELS)})
+
+
+def _neighbours(label: str) -> list[str]:
+    """Two other labels to list around a variant, never its own label (that would be a duplicate)."""
+    return [other for other in ("Edema", "Fracture", "Cardiomegaly") if other != label][:2]
+
+
+# How a solution may list a variant {v} among other labels {a} and {b}: alone, comma-separated, "and"-joined (a
+# synonym such as "lines and tubes" holds the separator word itself), first in an "and" pair, mixed separators,
+# and as a bullet list.
+LISTINGS = {
+    "alone": "{v}",
+    "commas": "{a}, {v}, {b}",
+    "and_joined": "{a} and {v} and {b}",
+    "and_first": "{v} AND {a}",
+    "mixed": "{a}; {v} and {b}",
+    "bullets": "- {a}\n- {v}\n- {b}",
+}
+
+
+@pytest.mark.parametrize("listing", sorted(LISTINGS))
+def test_every_label_variant_round_trips(listing):
+    # Generated from the whole synonym table, so any variant the parser cannot read back fails here.
+    template, failures = LISTINGS[listing], []
+    for variant, label in _variants():
+        a, b = _neighbours(label)
+        answer = template.format(v=variant, a=a, b=b)
+        parsed = parse_completion(f"<think>x</think><solution>{answer}</solution>")
+        expected = {label} | {n for n, slot in ((a, "{a}"), (b, "{b}")) if slot in template}
+        if set(parsed.labels) != expected or parsed.invalid_labels or parsed.duplicate_labels or not parsed.valid:
+            failures.append((variant, answer, parsed.labels, parsed.invalid_labels))
+    assert not failures
+
+
+def test_and_still_separates_genuine_lists():
+    parsed = parse_completion("<think>x</think><solution>Edema and Cardiomegaly AND effusion</solution>")
+    assert parsed.labels == ("Cardiomegaly", "Edema", "Pleural Effusion") and not parsed.invalid_labels
+    # Words joined by "and" that name no label stay separate items, each judged on its own.
+    parsed = parse_completion("<think>x</think><solution>Edema and Hernia and lines</solution>")
+    assert parsed.labels == ("Edema",) and parsed.invalid_labels == ("Hernia", "lines")

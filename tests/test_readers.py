@@ -569,3 +569,21 @@ def test_apply_uncertainty(policy, edema):
 def test_apply_uncertainty_unknown_policy():
     with pytest.raises(ValueError, match=r"u-zeros.*u-ones.*ignore"):
         apply_uncertainty(UNCERTAIN, "u-maybe")
+
+
+# --- read results ------------------------------------------------------------------------------------------
+
+
+def test_read_results_are_sized_iterables_of_their_records(tmp_path):
+    # Each reader's result: len() and iteration over its records (re-iterable); the row account stays `summary`.
+    mimic = read_mimic(_mimic_root(tmp_path / "mimic"))
+    chexpert = read_chexpert(_chexpert_tree(tmp_path / "chexpert", "CheXpert-v1.0-small") / "train.csv")
+    nih_csv = _nih_csv(tmp_path / "nih" / "Data_Entry_2017.csv", NIH_ROWS)
+    _nih_images(tmp_path / "nih", NIH_NAMES)
+    nih = read_nih(nih_csv, tmp_path / "nih")
+    for result, n in ((mimic, 3), (chexpert, 3), (nih, len(NIH_ROWS))):
+        assert len(result) == n == len(result.records) == result.summary.records_kept
+        assert list(result) == result.records and list(result) == result.records  # a second pass sees them all
+        assert all(record.dataset in ("mimic-cxr", "chexpert", "nih") for record in result)
+        assert isinstance(result.summary, ReadSummary)
+        _accounted(result.summary)

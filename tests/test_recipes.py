@@ -14,6 +14,7 @@ import yaml
 from train.configs import (
     LM_PROJECTIONS,
     PAPER_GRPO,
+    PAPER_SFT,
     EvaluateConfig,
     GRPOStageConfig,
     ModelArguments,
@@ -91,8 +92,11 @@ def test_evaluate_recipes_parse_and_name_what_exists():
     )  # the tiny recipe writes down what python -m train.evaluate does by default (the bundled eval.json's run)
     assert read_model_set(tiny.models).name == "tiny" and read_data_config(tiny.data_config).source == "phantom"
     paper = parse_evaluate(RECIPES / "medgemma-4b" / "evaluate.yaml")
-    assert paper.max_new_tokens == raw(str(RECIPES / "medgemma-4b" / "grpo_hard.yaml"))["max_completion_length"]
-    assert read_model_set(paper.models, check_paths=False).name == "medgemma-4b-paper"
+    # No budget of its own: each checkpoint's, which the set records as the GRPO recipe's max_completion_length.
+    paper_set = read_model_set(paper.models, check_paths=False)
+    assert paper.max_new_tokens is None and paper_set.name == "medgemma-4b-paper"
+    grpo_budget = raw(str(RECIPES / "medgemma-4b" / "grpo_hard.yaml"))["max_completion_length"]
+    assert {c.max_new_tokens for c in paper_set.checkpoints} == {grpo_budget}
     assert read_data_config(paper.data_config).answer_format == "free_reasoning"
 
 
@@ -100,7 +104,8 @@ def test_evaluate_recipes_parse_and_name_what_exists():
     ("fields", "message"),
     [({}, "models is required"), ({"models": "tiny", "limit": 0}, "limit must be at least 1"),
      ({"models": "tiny", "prompts": ["reasoning_z"]}, "unknown prompt"),
-     ({"models": "tiny", "batch_size": 0}, "batch_size and max_new_tokens")],
+     ({"models": "tiny", "batch_size": 0}, "batch_size must be at least 1"),
+     ({"models": "tiny", "max_new_tokens": 0}, "max_new_tokens must be at least 1")],
 )  # fmt: skip
 def test_evaluate_config_refuses_bad_values(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -131,6 +136,11 @@ def test_sft_recipe_has_the_papers_values(name, model_id, fmt, pixels, tmp_path)
     assert config.bf16 is True and config.gradient_checkpointing is True
     assert config.report_to == []  # report_to: none
     assert config.base_recipe is None  # both models arrive pretrained
+    assert config.paper_departures() == {}
+    # The training chat template is named, not left to TRL's swap (a byte copy of TRL's: tests/test_training.py).
+    template = "gemma3_training.jinja" if "medgemma" in name else "qwen2_5_vl_training.jinja"
+    assert config.chat_template_path == f"train/recipes/chat_templates/{template}"
+    assert Path(config.chat_template_path).is_file()
     assert config.output_dir == f"outputs/{name.split('/')[0]}/sft_{fmt}"
 
     data = data_recipe(config.data_config, tmp_path)
@@ -184,3 +194,77 @@ def test_accelerate_config(name, distributed_type, template):
     assert yaml.safe_load(text)["distributed_type"] == distributed_type
     assert load_config_from_file(str(path)).distributed_type == distributed_type  # accelerate accepts the keys
     assert ("TEMPLATE, NOT YET RUN" in text) == template
+
+
+# ------------------------------------------------- every GRPO and SFT recipe against the paper (PAPER_GRPO, PAPER_SFT)
+
+ALL_GRPO = sorted(str(path) for path in RECIPES.glob("*/grpo*.yaml"))  # the tiny recipe's too
+ALL_SFT = sorted(str(path) for path in RECIPES.glob("*/sft*.yaml"))
+# Departures each recipe declares in its header, field -> the words that declare it there. The GRPO recipes have none.
+DECLARED_SFT = {
+    "train/recipes/tiny/sft.yaml": {
+        "learning_rate": "learning_rate 2e-3",
+        "per_device_train_batch_size": "per-device batch 8",
+        "gradient_accumulation_steps": "accumulation 1",
+        "num_train_epochs": "at most 2 epochs",
+        "bf16": "float32",
+        "gradient_checkpointing": "no gradient",
+    }
+}
+# TRL 1.16 defaults that are not the paper's (train/configs.py lists every field checked): why each recipe sets them.
+TRL_DEFAULTS_OFF_PAPER = {
+    "loss_type": "dapo", "scale_rewards": "group", "beta": 0.0, "use_bias_correction_kl": True, "epsilon": 0.2,
+    "epsilon_high": None, "vllm_importance_sampling_correction": True, "num_generations": 8, "temperature": 1.0,
+    "top_p": 1.0,
+}  # fmt: skip
+
+
+def test_paper_grpo_turns_off_trls_bias_corrected_kl_and_vllm_correction():
+    assert PAPER_GRPO["use_bias_correction_kl"] is False  # the paper's plain KL, beta 0.15
+    assert PAPER_GRPO["vllm_importance_sampling_correction"] is False
+    assert PAPER_GRPO["mask_truncated_completions"] is False  # plain GRPO: truncated answers stay in the loss
+    assert PAPER_GRPO["beta"] == 0.15 and PAPER_GRPO["loss_type"] == "dr_grpo"
+
+
+def test_the_trl_defaults_the_paper_values_override():
+    """TRL 1.16's GRPOConfig defaults: the PAPER_GRPO values that differ are exactly those listed above (a TRL
+    upgrade that moves a default shows here), and the rest are TRL's defaults, pinned against drift."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig) if f.name in PAPER_GRPO}
+    assert set(defaults) == set(PAPER_GRPO)  # every pinned name is a GRPOConfig field
+    off_paper = {name: default for name, default in defaults.items() if default != PAPER_GRPO[name]}
+    assert off_paper == TRL_DEFAULTS_OFF_PAPER
+
+
+@pytest.mark.parametrize("recipe", ALL_GRPO)
+def test_every_grpo_recipe_sets_every_paper_value(recipe):
+    text = Path(recipe).read_text()
+    assert set(PAPER_GRPO) <= set(yaml.safe_load(text))  # written out, not left to TRL's defaults
+    _, config = parse((ModelArguments, GRPOStageConfig), recipe)
+    assert config.paper_departures() == {}
+    # mask_truncated_completions is a decision, and the recipe says why
+    assert "mask_truncated_completions: false" in text and "# mask_truncated_completions: false keeps plain" in text
+
+
+def test_a_grpo_departure_is_reported():
+    _, config = parse((ModelArguments, GRPOStageConfig), ALL_GRPO[0])
+    config.use_bias_correction_kl, config.top_k = True, 64
+    assert config.paper_departures() == {"use_bias_correction_kl": (True, False), "top_k": (64, 0)}
+
+
+@pytest.mark.parametrize("recipe", ALL_SFT)
+def test_every_sft_recipe_departs_only_where_it_says(recipe):
+    import dataclasses
+
+    text = Path(recipe).read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    _, config = parse((ModelArguments, SFTStageConfig), recipe)
+    declared = DECLARED_SFT.get(recipe, {})
+    assert set(config.paper_departures()) == set(declared)
+    assert all(words in header for words in declared.values())
+    # Where SFTConfig's default is not the paper's value, the recipe writes its value out.
+    defaults = {f.name: f.default for f in dataclasses.fields(SFTStageConfig) if f.name in PAPER_SFT}
+    assert {name for name, default in defaults.items() if default != PAPER_SFT[name]} <= set(yaml.safe_load(text))

@@ -1,17 +1,24 @@
 """Rewards against hand-computed values. One class per reward, one commented row per case."""
 
+import json
+
 import pytest
 
+from chexreason.labels import CHEXPERT_LABELS
 from chexreason.parsing import parse_completion
 from chexreason.rewards import (
+    CHEXPERT_PREVALENCE,
     NuancedReward,
     NuancedRewardConfig,
     approx_token_count,
+    count_labels,
     get_reward,
     hard_reward_score,
     jaccard,
+    label_prevalence,
     make_format_reward,
     make_hard_reward,
+    nuanced_reward_weights,
     reward_from_recipe,
 )
 
@@ -208,3 +215,127 @@ class TestRegistry:
     def test_unknown_name(self):
         with pytest.raises(ValueError, match="choose one of"):
             get_reward("accuracy")
+
+
+class TestModuleLevelRewards:
+    """`from chexreason.rewards import hard_reward, format_reward`: TRL-style functions with the recipe defaults."""
+
+    COMPLETIONS = (
+        SHORT + "<solution>Edema</solution>",  # valid, exact, far under 250 tokens: 1 − λ_len (0.1)
+        "<think>" + "word " * 200 + "</think><solution>Edema</solution>",  # ~215 tokens, still under 250: 0.9
+        LONG + "<solution>Edema, Fracture</solution>",  # valid, past the threshold: Jaccard 1/2, no penalty
+        "<solution>Edema</solution>",  # no reasoning block: invalid, 0
+    )
+    TRUTH = (["Edema"],) * 4
+
+    def test_hard_reward_is_the_factorys_with_the_recipe_defaults(self):
+        from chexreason.rewards import hard_reward
+
+        factory = make_hard_reward(length_threshold=250, length_penalty=0.1, protocol="think_solution")
+        scores = hard_reward(self.COMPLETIONS, self.TRUTH)
+        assert scores == factory(self.COMPLETIONS, self.TRUTH) == pytest.approx([0.9, 0.9, 0.5, 0.0])
+        # TRL's keyword call, with the columns and extras it passes.
+        assert hard_reward(completions=self.COMPLETIONS, ground_truth=self.TRUTH, prompts=["p"] * 4) == scores
+        assert hard_reward.__name__ == "hard_reward"
+
+    def test_format_reward_is_the_factorys(self):
+        from chexreason.rewards import format_reward
+
+        scores = format_reward(self.COMPLETIONS, ground_truth=self.TRUTH)
+        assert scores == make_format_reward("think_solution")(self.COMPLETIONS) == [1.0, 1.0, 1.0, 0.0]
+        assert format_reward.__name__ == "format_reward"
+
+
+def _rows(n_edema: int, n_devices: int, n: int) -> list[list[str]]:
+    """`n` ground-truth rows: the first `n_edema` hold Edema, the first `n_devices` Support Devices, the rest
+    Fracture."""
+    return [["Edema"] * (i < n_edema) + ["Support Devices"] * (i < n_devices) or ["Fracture"] for i in range(n)]
+
+
+class TestLabelPrevalence:
+    """The nuanced reward's false-positive weights, derived from the RL split's label counts."""
+
+    def test_counts_are_per_label_over_all_fourteen(self):
+        counts, n_rows = count_labels([["Edema"], ["edema", "Cardiomegaly"], ["pleural_effusion"], ["Edema"]])
+        assert n_rows == 4 and set(counts) == set(CHEXPERT_LABELS)
+        # Names normalise; a row counts a label once.
+        assert counts["Edema"] == 3 and counts["Pleural Effusion"] == 1 and counts["Cardiomegaly"] == 1
+        assert counts["Fracture"] == 0
+
+    def test_prevalence_is_add_alpha_smoothed(self):
+        counts = {"Edema": 3, "Cardiomegaly": 1}  # manifest.json style: labels never seen are left out
+        prevalence = label_prevalence(counts, n_rows=8, smoothing=1.0)
+        assert set(prevalence) == set(CHEXPERT_LABELS)
+        assert prevalence["Edema"] == pytest.approx((3 + 1) / (8 + 2))
+        # A label never seen gets a small, non-zero prevalence: (0 + α) / (n + 2α).
+        assert prevalence["Fracture"] == pytest.approx(1 / 10) and prevalence["Fracture"] > 0
+        assert label_prevalence(counts, n_rows=8, smoothing=0.5)["Fracture"] == pytest.approx(0.5 / 9)
+        # Smoothing fades with the size of the split.
+        assert label_prevalence({"Edema": 3000}, n_rows=8000)["Edema"] == pytest.approx(3000 / 8000, rel=1e-3)
+        # No rows at all: every label at 1/2, the prior.
+        assert set(label_prevalence({}, n_rows=0).values()) == {0.5}
+
+    def test_more_positives_cost_more(self):
+        # Monotone, whatever the labels: strictly more positives -> strictly larger false-positive cost.
+        counts = {label: 7 * i for i, label in enumerate(reversed(CHEXPERT_LABELS))}
+        config = NuancedRewardConfig(label_prevalence=label_prevalence(counts, n_rows=100))
+        by_count = sorted(CHEXPERT_LABELS, key=counts.__getitem__)
+        costs = [config.false_positive_cost(label) for label in by_count]
+        assert costs == sorted(costs) and len(set(costs)) == len(costs)
+        assert costs[-1] == pytest.approx(config.false_positive_max)  # the most frequent label costs the most
+        assert config.false_positive_min < costs[0] < config.false_positive_max  # never seen: cheap, not free
+
+    def test_bad_counts_are_rejected(self):
+        with pytest.raises(ValueError, match="not CheXpert labels"):
+            label_prevalence({"Hernia": 1}, n_rows=2)
+        with pytest.raises(ValueError, match="more positives than rows"):
+            label_prevalence({"Edema": 3}, n_rows=2)
+        with pytest.raises(ValueError, match="smoothing"):
+            label_prevalence({"Edema": 1}, n_rows=2, smoothing=0.0)
+        with pytest.raises(ValueError, match="not a CheXpert label"):
+            count_labels([["Hernia"]])
+
+    def test_nuanced_reward_takes_a_runs_prevalence(self):
+        counts, n_rows = count_labels(_rows(n_edema=2, n_devices=0, n=10))  # Support Devices never seen here
+        prevalence = label_prevalence(counts, n_rows)
+        reward = reward_from_recipe("nuanced", protocol="think_solution", label_prevalence=prevalence)
+        assert dict(reward.config.label_prevalence) == prevalence
+        # A wrong Support Devices now costs little (it is rare in this split), not CheXpert's maximum of 25.
+        expected = 30 + 10 - reward.config.false_positive_cost("Support Devices")
+        assert expected > 15.0
+        scores = reward([SHORT + "<solution>Edema, Support Devices</solution>"], [["Edema"]])
+        assert scores == [pytest.approx(expected)]
+        # Outside a run the default stays CheXpert's train prevalence; the other rewards ignore the option.
+        assert dict(NuancedReward().config.label_prevalence) == CHEXPERT_PREVALENCE
+        assert reward_from_recipe("hard", label_prevalence=prevalence).__name__ == "hard_reward"
+
+    def test_weights_record(self):
+        counts, n_rows = count_labels(_rows(n_edema=3, n_devices=1, n=6))
+        config = NuancedRewardConfig(label_prevalence=label_prevalence(counts, n_rows, smoothing=1.0))
+        record = nuanced_reward_weights(config, counts, n_rows, smoothing=1.0)
+        json.dumps(record)  # JSON-ready
+        assert record["n_rows"] == 6 and record["smoothing"] == 1.0
+        assert list(record["labels"]) == list(CHEXPERT_LABELS)
+        edema = record["labels"]["Edema"]
+        assert edema == {"count": 3, "prevalence": pytest.approx(4 / 8), "false_positive_cost": pytest.approx(25.0)}
+        assert record["labels"]["Fracture"]["count"] == 3
+
+    def test_resume_keeps_the_runs_weights_and_warns_on_a_mismatch(self, caplog):
+        prevalence = label_prevalence(*count_labels(_rows(n_edema=2, n_devices=1, n=10)))
+        reward = NuancedReward(label_prevalence=prevalence)
+        reward([SHORT + "<solution>Edema</solution>"] * 3, [["Edema"]] * 3)
+        state = json.loads(json.dumps(reward.state_dict()))  # as written into a checkpoint
+        resumed = NuancedReward(label_prevalence=prevalence)  # a resumed run rebuilds them from the same split
+        with caplog.at_level("WARNING", logger="chexreason.rewards"):
+            resumed.load_state_dict(state)
+        assert len(resumed.window) == 3 and not caplog.records
+        # Weights from another split: the window is restored, the new weights kept, and the mix is not silent.
+        other = NuancedReward()
+        with caplog.at_level("WARNING", logger="chexreason.rewards"):
+            other.load_state_dict(state)
+        assert len(other.window) == 3 and dict(other.config.label_prevalence) == CHEXPERT_PREVALENCE
+        assert "false-positive weights differ" in caplog.text
+        # A checkpoint from before the weights were saved still loads, quietly.
+        caplog.clear()
+        other.load_state_dict({k: v for k, v in state.items() if k != "label_prevalence"})
+        assert len(other.window) == 3 and not caplog.records

@@ -125,3 +125,100 @@ def test_base_stage_runs_and_saves(data_recipe, tmp_path):
     assert (final / "model.safetensors").exists() and (final / "processor_config.json").exists()
     log = json.loads((tmp_path / "base_log.json").read_text())
     assert len(log["vision_warm_up"]) == 2 * 3 and log["language"]  # 2 epochs × 12/4 batches
+
+
+# --------------------------------------------------------------- attention kernel, chat template (paper recipes)
+
+GEMMA3_TEMPLATE = Path("train/recipes/chat_templates/gemma3_training.jinja")  # what the MedGemma SFT recipes name
+QWEN_TEMPLATE = Path("train/recipes/chat_templates/qwen2_5_vl_training.jinja")  # ... and the Qwen2.5-VL ones
+
+
+@pytest.mark.parametrize("kernel", [None, "eager", "sdpa"])
+def test_attn_implementation_reaches_from_pretrained(tiny, kernel):
+    from chexreason.training import load_model
+    from train.configs import ModelArguments
+
+    model, _ = load_model(ModelArguments(model_name_or_path=str(tiny), attn_implementation=kernel))
+    chosen = model.config._attn_implementation
+    assert chosen == (kernel or "sdpa")  # unset: transformers' own choice, sdpa for Gemma3
+    assert model.config.text_config._attn_implementation == chosen  # the language model too
+
+
+def test_attn_implementation_is_validated():
+    from train.configs import ModelArguments
+
+    with pytest.raises(ValueError, match=r"attn_implementation must be eager, sdpa, .* or unset, not 'flash'"):
+        ModelArguments(attn_implementation="flash")
+
+
+def _gemma_conversation(answer: str, image) -> dict:
+    """A MedGemma-format SFT row: system + user (image, question) + the assistant's answer."""
+    return {
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "You are an expert radiologist."}]},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which findings are present?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "images": [image],
+    }
+
+
+def test_the_recipes_gemma3_training_template_masks_exactly_the_answer(tiny):
+    """The template the MedGemma recipes name, applied by TRL's SFTTrainer (`chat_template_path`) to a processor with
+    the real Gemma3 processor and special tokens (the tiny model's; MedGemma's own tokenizer is not available
+    offline): the loss covers each answer and its end of turn, never the system text, prompt, image or padding."""
+    from PIL import Image
+    from sft_masking import labelled_texts
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
+    processor = AutoProcessor.from_pretrained(tiny)
+    answers = ["<think>A large heart.</think><solution>Cardiomegaly</solution>",
+               "<think>Clear lungs, nothing else to see.</think><solution>No Finding</solution>"]  # fmt: skip
+    rows = [_gemma_conversation(answer, Image.new("RGB", (64, 64))) for answer in answers]
+    trained = labelled_texts(model, processor, rows, chat_template_path=str(GEMMA3_TEMPLATE))
+    assert sorted(trained) == sorted(answer + "<end_of_turn>\n" for answer in answers)  # 2 lengths: padding masked
+    assert processor.chat_template == GEMMA3_TEMPLATE.read_text()  # what train.sft then saves with the adapter
+
+
+def test_the_recipes_qwen_training_template_masks_exactly_the_answer(tiny):
+    """The Qwen2.5-VL recipes' template, tokenizer-level: no Qwen processor without torchvision (tests/qwen runs
+    the full path), so a byte-level BPE tokenizer (the tiny one) renders it and spells out Qwen's markers."""
+    from transformers import AutoProcessor
+
+    tokenizer = AutoProcessor.from_pretrained(tiny).tokenizer
+    answer = "<think>A large heart.</think><solution>Cardiomegaly</solution>"
+    messages = _gemma_conversation(answer, None)["messages"]
+    out = tokenizer.apply_chat_template(messages, chat_template=QWEN_TEMPLATE.read_text(), tokenize=True,
+                                        return_dict=True, return_assistant_tokens_mask=True)  # fmt: skip
+    ids = [i for i, keep in zip(out["input_ids"], out["assistant_masks"], strict=True) if keep]
+    assert tokenizer.decode(ids) == answer + "<|im_end|>\n"
+
+
+def test_named_training_templates_are_trls(tiny):
+    """The recipes' templates are byte copies of TRL's training variants, of the templates TRL recognises as the
+    models' own (the tiny model ships TRL's Gemma 3 one); a model with another template gets a warning."""
+    import trl
+    from transformers import AutoProcessor
+
+    from chexreason.training.common import named_template_matches
+
+    bundled = Path(trl.__file__).parent / "chat_templates"
+    for copy in (GEMMA3_TEMPLATE, QWEN_TEMPLATE):
+        assert copy.read_bytes() == (bundled / copy.name).read_bytes()
+    processor = AutoProcessor.from_pretrained(tiny)
+    assert named_template_matches(processor, GEMMA3_TEMPLATE)
+    assert not named_template_matches(processor, QWEN_TEMPLATE)
+
+
+def test_sft_saves_its_training_template_and_grpo_samples_with_it(tiny, sft_run, tmp_path):
+    from chexreason.training.grpo import load_policy, save_policy
+    from train.configs import ModelArguments
+
+    _, adapter = sft_run  # trained by train/recipes/tiny/sft.yaml, which names the Gemma 3 training template
+    assert (adapter / "chat_template.jinja").read_text() == GEMMA3_TEMPLATE.read_text()
+    policy, processor = load_policy(ModelArguments(model_name_or_path=str(tiny), attn_implementation="eager"), adapter)
+    assert processor.chat_template == GEMMA3_TEMPLATE.read_text()  # GRPO prompts as SFT trained
+    assert policy.get_base_model().config._attn_implementation == "eager"  # the kernel reaches GRPO's policy too
+    save_policy(policy, tmp_path / "grpo", processor)
+    assert (tmp_path / "grpo" / "chat_template.jinja").read_text() == GEMMA3_TEMPLATE.read_text()

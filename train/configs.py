@@ -7,15 +7,17 @@ message that names the field. The data recipe's config, `DataConfig`, is the lib
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import GRPOConfig, SFTConfig
 
 from chexreason.config_checks import requirement
 from chexreason.data.config import DATA_SOURCES, TEACHERS, DataConfig, read_data_config
 from chexreason.decoding import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from chexreason.evaluation import EVAL_BATCH_SIZE, EVAL_SETTINGS
+from chexreason.evaluation import EVAL_BATCH_SIZE
 from chexreason.prompts import get_prompt
 from chexreason.rewards import REWARD_FACTORIES
 from chexreason.training.common import LM_PROJECTIONS
@@ -25,6 +27,7 @@ __all__ = [
     "DATA_SOURCES",
     "LM_PROJECTIONS",
     "PAPER_GRPO",
+    "PAPER_SFT",
     "TEACHERS",
     "BaseStageConfig",
     "DataConfig",
@@ -34,10 +37,16 @@ __all__ = [
     "SFTStageConfig",
     "parse_stage",
     "read_data_config",
+    "with_default_recipe",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 DTYPES = ("float32", "bfloat16", "float16")  # what a stage trains in (chexreason.loading.parse_dtype reads it)
+# transformers 5's attention kernels for `from_pretrained(attn_implementation=...)`; None leaves the choice to
+# transformers (sdpa where the model supports it). The flash ones need their package installed (GPU only).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass
@@ -50,6 +59,13 @@ class ModelArguments:
     )
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision to pin (a commit hash)."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Attention kernel: {', '.join(ATTN_IMPLEMENTATIONS)}; unset: transformers' choice (sdpa where "
+            "supported). Not in the paper; a speed/memory choice."
+        },
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (paper: 16)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (paper: 32)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (paper: 0.1)."})
@@ -69,6 +85,11 @@ class ModelArguments:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"model config: dtype must be {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
+            raise ValueError(
+                f"model config: attn_implementation must be {', '.join(ATTN_IMPLEMENTATIONS)} or unset, "
+                f"not {self.attn_implementation!r}"
+            )
         if self.lora_r < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1:
             raise ValueError("model config: need lora_r >= 1, lora_alpha >= 1 and 0 <= lora_dropout < 1")
         if (self.min_pixels is None) != (self.max_pixels is None) or (
@@ -77,13 +98,29 @@ class ModelArguments:
             raise ValueError("model config: set both min_pixels and max_pixels, with min_pixels <= max_pixels")
 
 
+TINY_RECIPES = Path(__file__).resolve().parent / "recipes" / "tiny"
+
+
+def with_default_recipe(prog: str, argv: list[str] | None) -> list[str]:
+    """The command line, with ``--config train/recipes/tiny/<stage>.yaml`` in front when it names no recipe, so
+    ``python -m train.grpo`` alone runs the tiny recipe (and regenerates checkpoints/tiny) as the README says,
+    instead of TRL's GPU defaults. Fields given on the command line still override the recipe's."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+        return argv
+    recipe = TINY_RECIPES / f"{prog.removeprefix('train.')}.yaml"
+    logger.info("%s: no --config, so the tiny recipe %s", prog, recipe.relative_to(recipe.parents[3]))
+    return ["--config", str(recipe), *argv]
+
+
 def parse_stage(prog: str, types: tuple[type, ...], argv: list[str] | None) -> tuple:
-    """A stage's configs from its YAML recipe and command line, followed by the DataConfig its `data_config`
-    names. A config mistake ends the program with a message, not a traceback."""
+    """A stage's configs from its YAML recipe (default: its tiny recipe, `with_default_recipe`) and command line,
+    followed by the DataConfig its `data_config` names. A config mistake ends the program with a message, not a
+    traceback."""
     from trl import TrlParser
 
     try:
-        configs = TrlParser(types).parse_args_and_config(args=argv)
+        configs = TrlParser(types).parse_args_and_config(args=with_default_recipe(prog, argv))
         return (*configs, read_data_config(configs[-1].data_config))
     except ValueError as error:
         sys.exit(f"{prog}: {error}")
@@ -128,6 +165,62 @@ class BaseStageConfig(SFTConfig):
             raise ValueError("base stage: caption_samples + format_samples must not exceed vision_samples")
 
 
+# The paper's SFT values (DESIGN §3) for the SFTConfig fields it pins; `SFTStageConfig.paper_departures` lists what
+# a recipe changes, and train.sft logs it. LoRA (r 16, alpha 32, dropout 0.1 on the language model's projections)
+# is ModelArguments' defaults; the data and answer format are the data recipe's.
+#
+# Checked against TRL 1.16 / transformers 5.23 source (trl/trainer/sft_config.py, trl/trainer/base_config.py,
+# transformers/training_args.py; the masking in sft_trainer.py): field, its default -> what the paper pins.
+#   learning_rate                2e-5 (TRL)  -> 5e-5
+#   lr_scheduler_type            linear      -> cosine
+#   warmup_steps                 0           -> 0.05 (transformers 5: a float below 1 is a ratio, 5% warmup)
+#   weight_decay                 0.0         -> 0.01
+#   max_grad_norm                1.0         -> 5.0
+#   optim                        adamw_torch_fused (torch >= 2.8) -> adamw_torch (AdamW; the fused kernel computes
+#                                               the same update)
+#   per_device_train_batch_size, gradient_accumulation_steps 8, 1 -> 1, 8 (effective batch 8 on one GPU)
+#   num_train_epochs             3.0         -> 6, with early stopping (ours: early_stopping_patience, 2)
+#   eval_strategy                no          -> epoch: the patience counts epochs (save_strategy must match)
+#   bf16                         True unless fp16 (TRL) -> True
+#   gradient_checkpointing       True (TRL)  -> True
+#   assistant_only_loss          False       -> True: prompt, image tokens and padding masked
+#   packing, padding_free        False       -> False: padded batches (TRL refuses both for image datasets anyway)
+#   max_length                   1024        -> None: the paper truncates nothing (read as whole traces); 1024
+#                                               would cut a long MedGemma example (256 image tokens + prompt +
+#                                               trace) at its end, end-of-turn token included
+#   loss_type                    nll         -> nll: plain cross-entropy ("dft" reweights tokens)
+#   neftune_noise_alpha          None        -> None: no embedding noise
+#   label_smoothing_factor       0.0         -> 0.0
+# Not pinned: completion_only_loss None (moot: `sft_rows` gives conversational `messages` rows, for which None
+# means False and assistant_only_loss does the masking); adam_beta1/2 0.9/0.999, adam_epsilon 1e-8 (the paper
+# says AdamW only); lr_scheduler_kwargs None (cosine down to 0); seed; shuffle_dataset False (the Trainer's
+# sampler shuffles anyway); truncation_mode keep_start (no truncation); eos_token; pad_to_multiple_of;
+# dataset_kwargs; use_liger_kernel; activation_offloading; chat_template_path None (ours: each paper recipe
+# names TRL's training template, see train/recipes/chat_templates/).
+PAPER_SFT: dict[str, object] = {
+    "learning_rate": 5e-5,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+    "weight_decay": 0.01,
+    "max_grad_norm": 5.0,
+    "optim": "adamw_torch",
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 8,
+    "num_train_epochs": 6,
+    "early_stopping_patience": 2,
+    "eval_strategy": "epoch",
+    "bf16": True,
+    "gradient_checkpointing": True,
+    "assistant_only_loss": True,
+    "packing": False,
+    "padding_free": False,
+    "max_length": None,
+    "loss_type": "nll",
+    "neftune_noise_alpha": None,
+    "label_smoothing_factor": 0.0,
+}
+
+
 @dataclass
 class SFTStageConfig(SFTConfig):
     """LoRA SFT on teacher traces (`python -m train.sft`). The paper's values are the recipe defaults of
@@ -159,6 +252,10 @@ class SFTStageConfig(SFTConfig):
             raise ValueError("sft config: early stopping needs eval_strategy == save_strategy (e.g. both 'epoch')")
         super().__post_init__()
 
+    def paper_departures(self) -> dict[str, tuple[object, object]]:
+        """SFT values that differ from the paper's: name -> (this config's value, the paper's)."""
+        return departures(self, PAPER_SFT)
+
 
 @dataclass
 class EvaluateConfig:
@@ -172,21 +269,30 @@ class EvaluateConfig:
         metadata={"help": "Data recipe whose splits to score (built if needed)."},
     )
     datasets: list[str] | None = field(
-        default=None, metadata={"help": "Splits to score (default: every test_* split of the build)."}
+        default=None,
+        metadata={
+            "help": "Splits to score (default: every test_* split of the build; with --prompts, its validation split, "
+            "valid_chexpert or sft_validation: chexreason.data.build.selection_splits). A sweep on test_* is refused."
+        },
     )
     limit: int | None = field(default=None, metadata={"help": "Score only the first N images of each split."})
     batch_size: int = field(
         default=EVAL_BATCH_SIZE,
         metadata={"help": "Images per generate call (64: the same outputs as 16 on the tiny set, faster)."},
     )
-    max_new_tokens: int = field(
-        default=EVAL_SETTINGS.max_new_tokens, metadata={"help": "The generation budget of every answer (greedy)."}
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generation budget of every answer (greedy); default: each checkpoint's own, as its model set "
+            "records it (the GRPO recipe's max_completion_length)."
+        },
     )
     n_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of every interval."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
     no_predictions: bool = field(default=False, metadata={"help": "Write no per-image records file."})
     prompts: list[str] | None = field(
-        default=None, metadata={"help": "Sweep these prompt variants (e.g. the paper's Table 1 keys) ..."}
+        default=None,
+        metadata={"help": "Sweep these prompt variants (the paper's Table 1 keys; selection: on validation) ..."},
     )
     checkpoint: str | None = field(
         default=None, metadata={"help": "... on this checkpoint of the set (default: its first)."}
@@ -199,7 +305,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         need = requirement("evaluate config")
         need(bool(self.models), "models is required: a model-set YAML or a bundled name such as 'tiny'")
-        need(self.batch_size >= 1 and self.max_new_tokens >= 1, "batch_size and max_new_tokens must be at least 1")
+        need(self.batch_size >= 1, "batch_size must be at least 1")
+        need(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be at least 1")
         need(self.limit is None or self.limit >= 1, "limit must be at least 1")
         need(self.n_resamples >= 1, "n_resamples must be at least 1")
         for key in self.prompts or ():
@@ -208,19 +315,68 @@ class EvaluateConfig:
 
 # ---------------------------------------------------------------------------------------------- GRPO
 
-# The paper's GRPO values (DESIGN §3). TRL 1.16's defaults differ for loss_type (dapo), beta (0.0) and
-# scale_rewards (group), so every recipe sets each of these explicitly; `GRPOStageConfig.paper_departures`
-# lists what a recipe changes.
+# The paper's GRPO values (DESIGN §3), each set explicitly in every GRPO recipe (tests/test_recipes.py checks it);
+# `GRPOStageConfig.paper_departures` lists what a recipe changes, and train.grpo logs it.
+#
+# Checked against TRL 1.16 source (trl/trainer/grpo_config.py; the loss in grpo_trainer.py `_compute_loss`, the
+# sampling in its `generation_kwargs`): field, TRL's default -> what the paper pins.
+#   loss_type                    dapo        -> dr_grpo: summed token losses over the constant max_completion_length
+#   scale_rewards                group       -> none: Dr. GRPO does not divide advantages by the group's std
+#   beta                         0.0         -> 0.15, KL against the SFT policy (0.0 would load no reference at all)
+#   epsilon, epsilon_high        0.2, None   -> 0.15, 0.22: asymmetric clipping of the ratio to [0.85, 1.22]
+#   importance_sampling_level    token       -> token (GSPO's "sequence" is another algorithm)
+#   num_generations              8           -> 4
+#   temperature, top_p           1.0, 1.0    -> 0.8, 0.95
+#   top_k                        0 (off)     -> 0: plain temperature / top-p sampling. Set, because transformers 5
+#                                               fills only unset (None) values from the model's generation_config
+#                                               (a model may ship e.g. top_k 64): an explicit 0 keeps it off
+#   min_p, repetition_penalty    None, 1.0   -> None, 1.0 (plain sampling)
+#   generation_kwargs            None        -> None: its keys would override every sampling value above
+#   use_bias_correction_kl       True        -> False: plain KL. True multiplies each token's KL by the
+#                                               differentiable ratio pi/pi_old, which changes the KL gradient even
+#                                               on-policy, where the ratio's value is 1
+#   vllm_importance_sampling_correction True -> False: the paper corrects no vLLM/trainer mismatch (only acts with
+#                                               use_vllm: the loss is multiplied by a capped sampling ratio)
+#   delta                        None        -> None: PPO's clip, not INTELLECT-2's two-sided one
+#   top_entropy_quantile         1.0         -> 1.0: every completion token in the loss, not the high-entropy ones
+#   off_policy_mask_threshold    None        -> None: no DeepSeek-V3.2 off-policy sequence masking
+#   mask_truncated_completions   False       -> False: plain GRPO keeps a truncated completion in the loss, scored
+#                                               by its reward (the hard reward: 0); see the GRPO recipes
+#   sync_ref_model               False       -> False: the reference stays the frozen SFT policy
+#   entropy_coef, use_adaptive_entropy 0.0, False -> 0.0, False: no entropy bonus
+#   multi_objective_aggregation  sum_then_normalize -> the same: normalize_then_sum divides by a std whatever
+#                                               scale_rewards says, which would undo Dr. GRPO
+# Not pinned by the paper (each recipe chooses, marked "ours"): num_iterations 1 and steps_per_generation
+# (default gradient_accumulation_steps), which make training on-policy: the ratio is 1 and the clipping above
+# never acts unless a recipe samples ahead (tiny: steps_per_generation 4); max_completion_length 512;
+# learning_rate 1e-6; max_grad_norm 1.0; disable_dropout False; cast_lm_head_to_fp32 False; shuffle_dataset
+# True; reward_weights None (one reward per run); num_generations_eval; chat_template_kwargs; log_completions.
+# Moot here: vllm_importance_sampling_mode / _clip_min / _clip_max (correction off), ref_model_mixup_alpha /
+# ref_model_sync_steps (no sync), sapo_* and vespo_* (other loss types).
 PAPER_GRPO: dict[str, object] = {
     "loss_type": "dr_grpo",  # Dr. GRPO: the loss is normalised by the constant max_completion_length ...
     "scale_rewards": "none",  # ... and advantages are not divided by the group's standard deviation
     "beta": 0.15,  # KL penalty against the reference, the SFT policy
+    "use_bias_correction_kl": False,  # plain KL (TRL 1.16's default True reweights it by the ratio)
     "epsilon": 0.15,  # asymmetric PPO clipping [1 - 0.15, 1 + 0.22]
     "epsilon_high": 0.22,
+    "delta": None,
     "importance_sampling_level": "token",
+    "vllm_importance_sampling_correction": False,  # TRL 1.16's default True
+    "off_policy_mask_threshold": None,
+    "top_entropy_quantile": 1.0,
+    "mask_truncated_completions": False,
+    "sync_ref_model": False,
+    "entropy_coef": 0.0,
+    "use_adaptive_entropy": False,
+    "multi_objective_aggregation": "sum_then_normalize",
     "num_generations": 4,
     "temperature": DEFAULT_TEMPERATURE,  # 0.8, also every sampled answer's default (chexreason.decoding)
     "top_p": DEFAULT_TOP_P,  # 0.95
+    "top_k": 0,
+    "min_p": None,
+    "repetition_penalty": 1.0,
+    "generation_kwargs": None,
 }
 
 
@@ -294,6 +450,9 @@ class GRPOStageConfig(GRPOConfig):
 
     def paper_departures(self) -> dict[str, tuple[object, object]]:
         """GRPO values that differ from the paper's: name -> (this config's value, the paper's)."""
-        return {
-            name: (getattr(self, name), paper) for name, paper in PAPER_GRPO.items() if getattr(self, name) != paper
-        }
+        return departures(self, PAPER_GRPO)
+
+
+def departures(config: object, paper: dict[str, object]) -> dict[str, tuple[object, object]]:
+    """The fields of `config` whose values differ from `paper`'s: name -> (config's value, the paper's)."""
+    return {name: (getattr(config, name), value) for name, value in paper.items() if getattr(config, name) != value}

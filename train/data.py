@@ -3,6 +3,7 @@
     python -m train.data --config train/recipes/tiny/data.yaml          # phantom benchmark, ~30 s on 2 CPU cores
     python -m train.data --config train/recipes/paper/data.yaml \\
         --mimic_root /data/mimic-cxr-jpg/2.1.0 --chexpert_test_csv /data/chexpert/test_labels.csv \\
+        --chexpert_valid_csv /data/chexpert/CheXpert-v1.0-small/valid.csv \\
         --chexpert_root /data/chexpert --nih_csv /data/nih/Data_Entry_2017_v2020.csv \\
         --nih_images /data/nih/images --nih_split_list /data/nih/test_list.txt
 
@@ -25,13 +26,14 @@ from chexreason.data.config import DataConfig
 from chexreason.data.readers import DatasetError
 from chexreason.teachers.report import TeacherError
 from train import log_to_console
+from train.configs import with_default_recipe
 
 
 def main(argv: list[str] | None = None) -> dict:
     log_to_console()
     parser = TrlParser(DataConfig)
     try:
-        (config,) = parser.parse_args_and_config(args=argv)
+        (config,) = parser.parse_args_and_config(args=with_default_recipe("train.data", argv))
     except ValueError as error:  # __post_init__ and YAML errors: a message, not a traceback
         sys.exit(f"train.data: {error}")
     missing = config.missing_real_paths()

@@ -9,6 +9,10 @@ each set's label set (chexpert14 for site a / CheXpert, nih9 for site b / NIH), 
 each macro-F1 and paired intervals for each consecutive difference (SFT − base, GRPO − SFT). Writes the results
 (schema `chexreason.eval/2`: the summary JSON and its per-image records, ``eval.records.jsonl``, beside it) next
 to the model set unless ``--out`` says otherwise. Ran on a 2-core CPU.
+
+Without ``--datasets`` it reports on every ``test_*`` split. A sweep (``--prompts``) is selection — its output
+chooses a prompt — so it runs on the build's validation split (``valid_chexpert`` for real data built with
+``chexpert_valid_csv``, else ``sft_validation``) and refuses a test split (`chexreason.data.build.split_role`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ import json
 import sys
 from pathlib import Path
 
-from chexreason.data.build import MANIFEST, build_datasets, head, load_built
+from chexreason.data.build import (
+    MANIFEST,
+    build_datasets,
+    head,
+    load_built,
+    report_splits,
+    selection_splits,
+    split_role,
+)
 from chexreason.evaluation import SourceError, write_evaluation
 from chexreason.modeling import GenerationSettings, ModelSetError, load_model_set, resolve_model_set_path
 from train import log_to_console
@@ -36,10 +48,18 @@ def main(argv: list[str] | None = None) -> Path:
         sys.exit(f"train.evaluate: {error}")
     build_datasets(data)
     built = load_built(data.output_dir)
-    names = config.datasets or [name for name in built if name.startswith("test_")]
+    # Reporting defaults to every test split; a sweep chooses a prompt, so it runs on validation splits only.
+    names = config.datasets or (selection_splits(built) if config.prompts else report_splits(built))
     unknown = sorted(set(names) - set(built))
     if unknown:
         sys.exit(f"train.evaluate: no split {unknown} in {data.output_dir}; there are {sorted(built)}")
+    on_test = [name for name in names if split_role(name) == "test"] if config.prompts else []
+    if on_test:
+        sys.exit(
+            f"train.evaluate: --prompts chooses a prompt, and choosing it on {', '.join(on_test)} is selection on test"
+            " (it biases the test numbers); sweep on a validation split:"
+            f" --datasets {' '.join(selection_splits(built))} (the default with --prompts)"
+        )
     datasets = {name: head(built[name], config.limit) for name in names}
     manifest = json.loads((Path(data.output_dir) / MANIFEST).read_text())
     out = Path(config.out) if config.out else model_path.parent / ("prompts.json" if config.prompts else "eval.json")

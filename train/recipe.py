@@ -83,6 +83,7 @@ def after_grpo(model_args: ModelArguments, config: GRPOStageConfig, prompt: str,
             "sft_log.json": Path(config.sft_adapter).parent / "sft_log.json",
             "grpo_log.json": Path(config.output_dir) / "grpo_log.json",
         },
+        max_new_tokens=config.max_completion_length,
     )
     if config.evaluate_after:
         results = run_stage("evaluate", ["--models", str(spec), "--data_config", config.data_config])

@@ -4,11 +4,13 @@
     python -m train.sft --config train/recipes/medgemma-4b/sft_free_reasoning.yaml   # one GPU
 
 Builds the data first if needed (and, for the tiny recipe, the base model). Writes the adapter and the
-processor to ``<output_dir>/adapter`` and the loss log to ``<output_dir>/sft_log.json``; an interrupted
-run resumes from its last checkpoint. Paper: LoRA r 16 / alpha 32 / dropout 0.1 on the language model's
+processor, with the chat template it trained with (``chat_template.jinja``; inference prompts with it), to
+``<output_dir>/adapter`` and the loss log to ``<output_dir>/sft_log.json``; an interrupted run resumes from its
+last checkpoint. Paper: LoRA r 16 / alpha 32 / dropout 0.1 on the language model's
 projections, vision frozen, AdamW lr 5e-5, cosine, 5% warmup, weight decay 0.01, clipping 5.0, effective
 batch 8, up to 6 epochs with early stopping (patience 2) on validation loss, assistant-only loss.
-The tiny recipe's departures are listed in its YAML.
+The tiny recipe's departures are listed in its YAML; every run logs how its values differ from the paper's
+(`train.configs.PAPER_SFT`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from trl import SFTTrainer
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint, load_model, lora_config, sft_rows
+from chexreason.training.common import named_template_matches
 from train import recipe
 from train.configs import ModelArguments, SFTStageConfig
 
@@ -36,11 +39,15 @@ def main(argv: list[str] | None = None) -> Path:
     if (adapter / "adapter_config.json").exists():
         logger.info("SFT adapter already trained at %s", adapter)
         return adapter
+    for name, (ours, paper) in config.paper_departures().items():
+        logger.warning("%s is %r here; the paper's is %r", name, ours, paper)
 
     with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse
         build_datasets(data)
     recipe.ensure_base(model_args, config)
     model, processor = load_model(model_args)
+    if config.chat_template_path and config.chat_template_path.endswith(".jinja"):
+        named_template_matches(processor, config.chat_template_path)  # SFTTrainer then makes it the template
     built, fmt = load_built(data.output_dir), get_answer_format(data.answer_format)
     trainer = SFTTrainer(
         model=model,
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     trainer.save_model(str(adapter))  # the best checkpoint by validation loss (load_best_model_at_end)
-    processor.save_pretrained(adapter)
+    trainer.processing_class.save_pretrained(adapter)  # with the chat template it trained with
     (out / "sft_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
     return adapter
 

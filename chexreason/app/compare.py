@@ -22,7 +22,6 @@ from chexreason.app import rendering
 from chexreason.app.examples import Example, example_for
 from chexreason.images import ImageError, ImageInfo, load_image_with_info
 from chexreason.modeling import (
-    DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
     GenerationSettings,
@@ -35,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 OWN_PROMPT = "own"  # the prompt selector's value for "each checkpoint's own prompt"
 MAX_UPLOAD_BYTES = 100 * 2**20  # also the server's max_file_size; a chest film is rarely over 30 MB
-MAX_NEW_TOKENS_LIMIT = 1024
+MAX_NEW_TOKENS_LIMIT = 1024  # the most a visitor may ask for (a set recording a larger budget raises it)
 GENERATING = '<div class="legend">generating…</div>'
 STREAM_INTERVAL = 0.05  # seconds between streamed updates: 20 a second reads as live text
 
@@ -124,6 +123,10 @@ class Comparer:
         self.model_set = model_set
         self.names = model_set.checkpoints
         self.titles = {name: model_set.spec.checkpoint(name).display_title for name in self.names}
+        # The token-limit slider starts at the set's budget (what evaluation used); left there, every checkpoint
+        # answers within its own recorded budget, exactly as it was evaluated.
+        self.default_budget = model_set.spec.largest_budget
+        self.token_limit = max(MAX_NEW_TOKENS_LIMIT, self.default_budget)
 
     @property
     def default_prompt(self) -> str:
@@ -150,7 +153,7 @@ class Comparer:
         sampling: bool = False,
         temperature: float = DEFAULT_TEMPERATURE,
         top_p: float = DEFAULT_TOP_P,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens: int | None = None,
         held: LoadedUpload | None = None,
     ) -> Iterator[list[Any]]:
         """The ``compare`` endpoint: `compare` on the upload, whose file is deleted once read (not a bundled
@@ -171,7 +174,7 @@ class Comparer:
         sampling: bool = False,
         temperature: float = DEFAULT_TEMPERATURE,
         top_p: float = DEFAULT_TOP_P,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens: int | None = None,
     ) -> Iterator[list[Any]]:
         """The comparison for one loaded image; see the module docstring for what each yield holds."""
         decoding = self._decoding(prompt, sampling, temperature, top_p, max_new_tokens)
@@ -226,14 +229,17 @@ class Comparer:
             summary,
         ]  # fmt: skip
 
-    @staticmethod
-    def _decoding(prompt: str, sampling: bool, temperature: float, top_p: float, max_new_tokens: int) -> dict:
+    def _decoding(
+        self, prompt: str, sampling: bool, temperature: float, top_p: float, max_new_tokens: int | None
+    ) -> dict:
         """Check the settings a `gradio_client` user may send unchecked by the page's widgets."""
         if prompt not in ALL_PROMPTS and prompt not in (OWN_PROMPT, "", None):
             raise gr.Error(f"Unknown prompt {prompt!r}; choose one of {', '.join(ALL_PROMPTS)} or {OWN_PROMPT!r}.")
-        if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
-            raise gr.Error(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}.")
+        if max_new_tokens is not None and not 1 <= int(max_new_tokens) <= self.token_limit:
+            raise gr.Error(f"max_new_tokens must be between 1 and {self.token_limit}.")
         if sampling and not (0 < temperature <= 2 and 0 < top_p <= 1):
             raise gr.Error("Sampling needs 0 < temperature ≤ 2 and 0 < top-p ≤ 1.")
-        settings = GenerationSettings(int(max_new_tokens), bool(sampling), float(temperature), float(top_p))
+        # None, or the slider's starting value: each checkpoint's own budget (the model set's record).
+        budget = None if max_new_tokens is None or int(max_new_tokens) == self.default_budget else int(max_new_tokens)
+        settings = GenerationSettings(budget, bool(sampling), float(temperature), float(top_p))
         return {"prompt": None if prompt in (OWN_PROMPT, "", None) else prompt, "settings": settings}

@@ -248,3 +248,22 @@ def grpo_length_figure(log: Mapping) -> go.Figure:
         x, y = _series(log.get("log_history", []), f"completions/{key}_length")
         figure.add_scatter(name=key, mode="lines", x=x, y=y)
     return figure
+
+
+# What a reward-hacking study watches: each series' log key and its name in the legend.
+CLIPPING_SERIES = {
+    "clip_ratio/region_mean": "tokens with the importance ratio clipped",
+    "completions/clipped_ratio": "completions cut off at max_completion_length",
+    "grad_clip_rate": "optimizer steps with the gradient norm clipped",
+}
+
+
+def grpo_clipping_figure(log: Mapping) -> go.Figure:
+    """What was clipped, per logging step: the PPO ratio (TRL's ``clip_ratio``; 0 on-policy, where the ratio is
+    1), completions at the length limit, and the gradient norm (`chexreason.training.grpo_logs`)."""
+    figure = _line_figure("GRPO: what was clipped (share)", "step", "share")
+    for key, name in CLIPPING_SERIES.items():
+        x, y = _series(log.get("log_history", []), key)
+        if x:  # grad_clip_rate is missing from logs written before it was logged
+            figure.add_scatter(name=name, mode="lines", x=x, y=y)
+    return figure

@@ -11,10 +11,9 @@ from pathlib import Path
 import gradio as gr
 
 from chexreason.app import plots, rendering
-from chexreason.app.compare import MAX_NEW_TOKENS_LIMIT, MAX_UPLOAD_BYTES, Comparer
+from chexreason.app.compare import MAX_UPLOAD_BYTES, Comparer
 from chexreason.app.examples import SITE_NAMES, load_examples
 from chexreason.modeling import (
-    DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
     ModelSet,
@@ -113,8 +112,8 @@ def _compare_tab(comparer: Comparer) -> None:
                 )
                 top_p = gr.Slider(0.05, 1.0, DEFAULT_TOP_P, step=0.05, label="Top-p", elem_id="top-p")
                 max_new_tokens = gr.Slider(
-                    16, MAX_NEW_TOKENS_LIMIT, DEFAULT_MAX_NEW_TOKENS, step=16, label="Max new tokens",
-                    elem_id="max-new-tokens",
+                    16, comparer.token_limit, comparer.default_budget, step=16, elem_id="max-new-tokens",
+                    label=f"Max new tokens (default {comparer.default_budget}: the budget the set was evaluated with)",
                 )  # fmt: skip
         with gr.Column(scale=3):
             columns = []
@@ -181,8 +180,7 @@ def _our_results(comparer: Comparer, path: Path) -> None:
         gr.Markdown(f"The results file `{path.name}` could not be read: {err}")
         return
     titles = {name: comparer.titles[name] for name in comparer.names}
-    budget = results.generation
-    decoding = f"{budget.decoding}, at most {budget.max_new_tokens} new tokens" if budget else "decoding not recorded"
+    decoding = results.generation.describe() if results.generation else "decoding not recorded"
     source = f"Source: {path.name} ({results.created}), `python -m train.evaluate`, {decoding}"
     gr.Markdown(
         "## Our evaluation\nIn-distribution (the training data's site and labels) against cross-dataset (the "
@@ -229,7 +227,9 @@ def _training_tab(folder: Path | None) -> None:
         with gr.Row():
             gr.Plot(plots.grpo_reward_figure(grpo), elem_id="plot-grpo-reward", show_label=False)
             gr.Plot(plots.grpo_kl_figure(grpo), elem_id="plot-grpo-kl", show_label=False)
-        gr.Plot(plots.grpo_length_figure(grpo), elem_id="plot-grpo-length", show_label=False)
+        with gr.Row():
+            gr.Plot(plots.grpo_length_figure(grpo), elem_id="plot-grpo-length", show_label=False)
+            gr.Plot(plots.grpo_clipping_figure(grpo), elem_id="plot-grpo-clipping", show_label=False)
         best = grpo.get("best")
         if best:
             gr.Markdown(

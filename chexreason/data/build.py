@@ -3,11 +3,16 @@
 Output, under ``config.output_dir``:
 - ``datasets/`` — a `DatasetDict` (load with `load_built`): ``sft_train``, ``sft_validation``, ``rl`` and one
   ``test_<name>`` per evaluation set (phantom: ``test_phantom_a``, ``test_phantom_b``; real: ``test_chexpert``,
-  ``test_nih``). Columns: ``id``, ``image``, ``ground_truth`` (CheXpert labels), ``label_set`` (the
-  evaluation label set of the row's dataset), ``dataset``, ``view``, ``patient_id``, ``source_labels`` and
-  ``params`` (JSON text); the SFT sets add ``reasoning`` and ``answer`` (the target in the answer format).
+  ``test_nih``); real builds given ``chexpert_valid_csv`` add ``valid_chexpert`` (CheXpert's valid.csv).
+  Columns: ``id``, ``image``, ``ground_truth`` (CheXpert labels), ``label_set`` (the evaluation label set of the
+  row's dataset), ``dataset``, ``view``, ``patient_id``, ``source_labels`` and ``params`` (JSON text); the SFT sets
+  add ``reasoning`` and ``answer`` (the target in the answer format).
 - ``manifest.json`` — the config and its fingerprint, counts per split and label, every dropped example by
   reason, the teacher's statistics. A second run with the same config finds it and reuses the datasets.
+
+What each split may be used for follows from its name, by one rule (`split_role`): ``test_*`` splits are for
+reporting only; selection — a prompt sweep (`python -m train.evaluate --prompts`), GRPO's best checkpoint —
+runs on the validation splits, ``sft_validation`` and ``valid_*`` (`selection_splits`), never on a test split.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -62,6 +67,38 @@ _FEATURES = {
 }
 _SFT_FEATURES = {**_FEATURES, "reasoning": Value("string"), "answer": Value("string")}
 
+# Split roles, by name: the one rule (`split_role`) that `train.evaluate` applies.
+TEST_PREFIX = "test_"  # reporting only: test_chexpert, test_nih, test_phantom_a, test_phantom_b
+VALIDATION_PREFIX = "valid_"  # held-out evaluation sets for selection: valid_chexpert (CheXpert's valid.csv)
+SFT_VALIDATION = "sft_validation"  # the held-out tenth of the SFT examples: SFT's early stopping, GRPO's best step
+
+
+def split_role(name: str) -> str:
+    """What a split of a build may be used for: ``"test"`` (reporting only), ``"validation"`` (selection may use
+    it) or ``"training"``.
+
+    >>> [split_role(name) for name in ("test_nih", "valid_chexpert", "sft_validation", "rl")]
+    ['test', 'validation', 'validation', 'training']
+    """
+    if name.startswith(TEST_PREFIX):
+        return "test"
+    if name == SFT_VALIDATION or name.startswith(VALIDATION_PREFIX):
+        return "validation"
+    return "training"
+
+
+def report_splits(names: Iterable[str]) -> list[str]:
+    """The test splits among `names`, in order: what a plain evaluation scores by default."""
+    return [name for name in names if split_role(name) == "test"]
+
+
+def selection_splits(names: Iterable[str]) -> list[str]:
+    """The validation splits among `names` that a selection runs on by default: the held-out evaluation sets
+    (``valid_*``; real data: valid_chexpert, as the paper's Tables 1-4) where the build has them, else
+    sft_validation (phantom builds, and real builds without chexpert_valid_csv)."""
+    validation = [name for name in names if split_role(name) == "validation"]
+    return [name for name in validation if name != SFT_VALIDATION] or validation
+
 
 def load_built(output_dir: str | Path) -> DatasetDict:
     """The datasets a build wrote."""
@@ -76,11 +113,22 @@ def head(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
+# Fields added after builds were first fingerprinted: left out of the key while unset, so the builds (and results,
+# such as checkpoints/tiny/eval.json) of configs that do not use them keep their fingerprint.
+_LATER_FIELDS = frozenset({"chexpert_valid_csv"})
+
+
+def _unset_later_field(name: str, value: object) -> bool:
+    return name in _LATER_FIELDS and value is None
+
+
 def build_datasets(config: DataConfig) -> dict:
     """Build (or reuse) the datasets of `config`; returns the manifest."""
     out = Path(config.output_dir)
     config_dict = asdict(config)
-    key = fingerprint({k: v for k, v in config_dict.items() if k not in ("output_dir", "workers")})
+    key = fingerprint(
+        {k: v for k, v in config_dict.items() if k not in ("output_dir", "workers") and not _unset_later_field(k, v)}
+    )
     manifest_path = out / MANIFEST
     if manifest_path.exists() and (out / DATASETS).exists():
         manifest = json.loads(manifest_path.read_text())
@@ -97,6 +145,9 @@ def build_datasets(config: DataConfig) -> dict:
             + ", ".join(missing)
             + " (set them in the data recipe, or override them where the config is parsed)"
         )
+    absent = config.absent_optional_files()
+    if absent:  # before any dataset is read
+        raise FileNotFoundError(f"data config: {'; '.join(absent)} (fix the path, or leave it unset)")
     start = time.perf_counter()
     report = SplitReport()
     if config.source == "phantom":
@@ -195,20 +246,36 @@ def _real_splits(config: DataConfig, report: SplitReport) -> tuple[dict[str, lis
     sizes = {"sft_train": config.sft_samples - n_val, "sft_validation": n_val, "rl": config.rl_samples}
     splits = patient_disjoint_split(train, sizes, config.seed)
 
-    chexpert = read_chexpert(config.chexpert_test_csv, config.chexpert_root)
-    nih = read_nih(config.nih_csv, config.nih_images, config.nih_split_list)
-    for name, result in (("test_chexpert", chexpert), ("test_nih", nih)):
+    evaluation = {}
+    if config.chexpert_valid_csv:  # CheXpert validation: what selection runs on (the paper's Tables 1-4)
+        evaluation["valid_chexpert"] = read_chexpert(config.chexpert_valid_csv, config.chexpert_root)
+    evaluation["test_chexpert"] = read_chexpert(config.chexpert_test_csv, config.chexpert_root)
+    evaluation["test_nih"] = read_nih(config.nih_csv, config.nih_images, config.nih_split_list)
+    for name, result in evaluation.items():  # the same uncertainty policy and view filter for each
         examples = []
-        for record in result.records:
+        for record in result:
             item = example_from_record(record, config.uncertainty_policy)
             if isinstance(item, str) or (config.frontal_only and not record.is_frontal):
                 report.dropped[item if isinstance(item, str) else f"{name}: not a frontal view"] += 1
             else:
                 examples.append(item)
         splits[name] = examples
+    _refuse_shared_patients(splits, "valid_chexpert", "test_chexpert")
     label_sets = {name: "chexpert14" for name in splits}
     label_sets["test_nih"] = config.nih_label_set
     return splits, label_sets
+
+
+def _refuse_shared_patients(splits: dict[str, list[Example]], validation: str, test: str) -> None:
+    """A validation split sharing a patient with a test split would leak the test set into selection."""
+    if validation not in splits:
+        return
+    shared = {e.patient_id for e in splits[validation]} & {e.patient_id for e in splits[test]}
+    if shared:
+        raise DatasetError(
+            f"{validation} and {test} share {len(shared)} patient(s), e.g. {min(shared)}: is chexpert_valid_csv "
+            "CheXpert's valid.csv?"
+        )
 
 
 # -------------------------------------------------------------------------------------------- traces

@@ -6,6 +6,7 @@ a message that names the field. `read_data_config` reads a data recipe YAML, as 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from chexreason.config_checks import requirement
@@ -80,8 +81,17 @@ class DataConfig:
     chexpert_test_csv: str | None = field(
         default=None, metadata={"help": "Real: CheXpert test_labels.csv (in-distribution evaluation)."}
     )
+    chexpert_valid_csv: str | None = field(
+        default=None,
+        metadata={
+            "help": "Real: CheXpert valid.csv (234 images, in CheXpert-v1.0[-small]/) -> the valid_chexpert split, "
+            "which prompt sweeps run on (the paper's Tables 1-4). Optional; never derived from chexpert_test_csv, "
+            "which CheXpert ships apart from valid.csv."
+        },
+    )
     chexpert_root: str | None = field(
-        default=None, metadata={"help": "Real: folder the CheXpert CSV's Path column is relative to."}
+        default=None,
+        metadata={"help": "Real: folder the CheXpert CSVs' Path column is relative to (test and valid alike)."},
     )
     nih_csv: str | None = field(
         default=None, metadata={"help": "Real: NIH Data_Entry_2017(_v2020).csv (cross-dataset evaluation)."}
@@ -118,6 +128,11 @@ class DataConfig:
             self.nih_label_set in ("nih9", "nih10") and self.nih_label_set in EVAL_LABEL_SETS,
             "nih_label_set must be nih9 or nih10",
         )
+        need(
+            not (self.chexpert_valid_csv and self.chexpert_test_csv)
+            or os.path.abspath(self.chexpert_valid_csv) != os.path.abspath(self.chexpert_test_csv),
+            "chexpert_valid_csv is the chexpert_test_csv: selection (prompt sweeps) would then run on the test set",
+        )
         need(64 <= self.image_size <= 2048, "image_size must be between 64 and 2048")
         need(
             self.test_samples_per_site >= 1 and self.workers >= 1,
@@ -131,6 +146,13 @@ class DataConfig:
             return []
         names = ("mimic_root", "chexpert_test_csv", "nih_csv", "nih_images", "nih_split_list")
         return [name for name in names if not getattr(self, name)]
+
+    def absent_optional_files(self) -> list[str]:
+        """'name path does not exist' for each optional dataset file a 'real' build names but cannot find (today
+        chexpert_valid_csv): checked, like `missing_real_paths`, before a build reads anything."""
+        if self.source != "real" or not self.chexpert_valid_csv or os.path.isfile(self.chexpert_valid_csv):
+            return []
+        return [f"chexpert_valid_csv {self.chexpert_valid_csv} does not exist"]
 
     @property
     def sft_validation_samples(self) -> int:

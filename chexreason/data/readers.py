@@ -1,9 +1,10 @@
 """Readers for the metadata of MIMIC-CXR-JPG, CheXpert and NIH ChestX-ray14: one `Record` per image.
 
-Every reader returns a `ReadResult`: the records plus a `ReadSummary` that accounts for every row of the
-main table (kept, excluded by a split list, or dropped under a named problem kind), so nothing is dropped
-silently. A file where more than half of the rows cannot be used raises `DatasetError`: that is almost
-always the wrong file or the wrong image folder, and training on the remaining scraps would hide it.
+Every reader returns a `ReadResult`: a sized iterable of the records (``len(result)``, ``for record in result``)
+with a `ReadSummary` (``result.summary``) that accounts for every row of the main table (kept, excluded by a
+split list, or dropped under a named problem kind), so nothing is dropped silently. A file where more than half
+of the rows cannot be used raises `DatasetError`: that is almost always the wrong file or the wrong image folder,
+and training on the remaining scraps would hide it.
 
 Labels are kept twice: `Record.source_labels` holds the dataset's own names and raw values (blank as
 None, distinct from 0.0) and `Record.labels` the CheXpert-14 view (blank -> 0.0, NaN where the dataset

@@ -133,10 +133,19 @@ class ReadSummary:
 
 @dataclass
 class ReadResult:
-    """What a reader returns: the kept records and the account of every row."""
+    """What a reader returns: the kept records and the account of every row (`summary`).
+
+    A sized iterable of its records: ``len(result)`` and ``for record in result`` mean ``result.records``.
+    """
 
     records: list[Record]
     summary: ReadSummary
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
 
 
 class BadRow(Exception):

@@ -27,12 +27,44 @@ def load_model(model_args) -> tuple[torch.nn.Module, object]:
     """The model and processor a stage starts from (`train.configs.ModelArguments`), safetensors only."""
     kwargs = {"revision": model_args.model_revision, "trust_remote_code": False}
     model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path, dtype=parse_dtype(model_args.dtype), use_safetensors=True, **kwargs
+        model_args.model_name_or_path,
+        dtype=parse_dtype(model_args.dtype),
+        attn_implementation=model_args.attn_implementation,  # None: transformers' own choice
+        use_safetensors=True,
+        **kwargs,
     )
     # Qwen2.5-VL: 256-512 visual tokens, as the paper sets (None for MedGemma, whose processor fixes 256).
     pixels = pixel_bounds(model_args.min_pixels, model_args.max_pixels)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **kwargs, **pixels)
     return model, processor
+
+
+def named_template_matches(processor: object, chat_template_path: str | Path) -> bool:
+    """Whether a recipe's training chat template (SFTConfig ``chat_template_path``, a ``.jinja`` file) is the one TRL
+    would derive from the model's own template; logs a warning when it is not.
+
+    TRL's SFTTrainer swaps in its training template (the model's template plus ``{% generation %}`` markers, which
+    ``assistant_only_loss`` needs) only when the processor's template is byte-identical to a template TRL bundles,
+    and raises otherwise. The paper recipes therefore name the training template (a copy of TRL's in
+    ``train/recipes/chat_templates/``); this check tells a run whose model ships a different template (a new Hub
+    revision) that the named one replaces it.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    named = Path(chat_template_path).read_text(encoding="utf-8")
+    own = processor.chat_template
+    try:
+        derived = own if has_generation_markers(own) else get_training_chat_template(processor)
+    except ValueError:  # TRL knows no training variant of this template
+        derived = None
+    if derived == named:
+        return True
+    logger.warning(
+        "%s is not the training variant of the model's own chat template: it replaces that template for training "
+        "and, saved with the adapter, for inference; check it renders this model's prompts",
+        chat_template_path,
+    )
+    return False
 
 
 def lora_config(model_args) -> LoraConfig:

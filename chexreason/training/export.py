@@ -31,8 +31,13 @@ def export_model_set(
     grpo_adapter: str | Path,
     prompt: str,
     logs: dict[str, Path],
+    max_new_tokens: int,
 ) -> Path:
-    """Copy base, SFT and GRPO into `dest` with a `model_set.yaml` naming them; returns the YAML's path."""
+    """Copy base, SFT and GRPO into `dest` with a `model_set.yaml` naming them; returns the YAML's path.
+
+    `max_new_tokens` is recorded as every checkpoint's generation budget: the GRPO run's max_completion_length,
+    which its validation used, so evaluation, ``predict`` and the app answer within it too.
+    """
     dest = Path(dest)
     for folder, source in (("base", base_model), ("sft", sft_adapter), ("grpo", grpo_adapter)):
         shutil.rmtree(dest / folder, ignore_errors=True)
@@ -45,11 +50,13 @@ def export_model_set(
         "name": name,
         "description": description,
         "checkpoints": [
-            {"name": "base", "title": "Base", "model": "base", "prompt": prompt},
-            {"name": "sft", "title": "SFT", "model": "base", "adapter": "sft", "prompt": prompt},
-            {"name": "grpo", "title": "GRPO", "model": "base", "adapter": "grpo", "prompt": prompt},
+            {"name": "base", "title": "Base", "model": "base"},
+            {"name": "sft", "title": "SFT", "model": "base", "adapter": "sft"},
+            {"name": "grpo", "title": "GRPO", "model": "base", "adapter": "grpo"},
         ],
     }
+    for checkpoint in spec["checkpoints"]:
+        checkpoint.update(prompt=prompt, max_new_tokens=max_new_tokens)
     path = dest / "model_set.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -57,7 +64,8 @@ def export_model_set(
 
 def model_card(results: EvalResults, command: str, description: str = "") -> str:
     """A README for an exported model set: what it is (its `description`), how it was made, its measured numbers."""
-    budget = f"{results.generation.max_new_tokens}-token" if results.generation else "token"
+    generation = results.generation
+    budget = f"{generation.max_new_tokens}-token" if generation and generation.max_new_tokens else "token"
     splits = results.data.splits.values() if results.data else ()
     on_phantoms = any((split.images or "").startswith("phantom") for split in splits)
     warning = (

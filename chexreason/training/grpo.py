@@ -44,17 +44,28 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from chexreason.data.build import head
 from chexreason.decoding import CompletionDecoder, GenerationSettings, stop_token_ids
+from chexreason.loading import adapter_chat_template
 from chexreason.metrics import score
 from chexreason.model_set import ModelSet
 from chexreason.model_set_spec import is_hub_id
 from chexreason.parsing import parse_completion
 from chexreason.prompts import AnswerFormat, PromptVariant
-from chexreason.rewards import RewardFunc, reward_from_recipe
+from chexreason.rewards import (
+    NUANCED_WEIGHTS_JSON,
+    NuancedReward,
+    RewardFunc,
+    count_labels,
+    label_prevalence,
+    nuanced_reward_weights,
+    reward_from_recipe,
+)
 from chexreason.training.common import grpo_rows, load_model
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from trl import GRPOTrainer
+
+    from chexreason.training.grpo_logs import CompletionSamples
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +86,8 @@ def load_policy(model_args: Any, sft_adapter: str | Path) -> tuple[PeftModel, An
     """The base model (`chexreason.training.load_model`) with the SFT adapter loaded *trainable*, and the processor.
 
     Passed to `GRPOTrainer` without a ``peft_config``, this makes TRL keep a frozen copy of the SFT adapter as
-    the KL reference (see the module docstring).
+    the KL reference (see the module docstring). The processor takes the chat template saved with the SFT adapter
+    when it carries one, so GRPO prompts exactly as SFT trained and `save_policy` passes that template on.
     """
     from peft import PeftModel
 
@@ -86,6 +98,8 @@ def load_policy(model_args: Any, sft_adapter: str | Path) -> tuple[PeftModel, An
     if not Path(reference).exists() and not is_hub_id(reference):
         raise FileNotFoundError(f"model_name_or_path {reference!r} is neither a local folder nor a Hub id")
     model, processor = load_model(model_args)
+    if (template := adapter_chat_template(folder)) is not None:
+        processor.chat_template = template
     policy = PeftModel.from_pretrained(model, str(folder), is_trainable=True)  # adapter name: "default"
     return policy, processor
 
@@ -96,7 +110,8 @@ def completion_decoder(model: Any, processor: Any) -> CompletionDecoder:
 
 
 def save_policy(model: PeftModel, folder: str | Path, processor: Any | None = None) -> Path:
-    """Save the policy adapter alone (never TRL's ``"ref"`` copy) as a standalone PEFT adapter, and the processor."""
+    """Save the policy adapter alone (never TRL's ``"ref"`` copy) as a standalone PEFT adapter, and the processor
+    (with its chat template, ``chat_template.jinja``, which inference then prompts with: `chexreason.loading`)."""
     folder = Path(folder)
     model.save_pretrained(str(folder), selected_adapters=[POLICY])
     if processor is not None:
@@ -114,44 +129,84 @@ class TrainerReward:
 
     TRL names a reward by ``__name__``, so this keeps the wrapped reward's name (its logs stay
     ``rewards/hard_reward/mean`` and so on). Outside a trainer (no ``completion_ids``) the given completions
-    are used as they are.
+    are used as they are. With `samples`, the texts and values are kept for ``completions.jsonl``
+    (`chexreason.training.grpo_logs`); the first reward (`log_fail_rate`) starts each batch there.
     """
 
     def __init__(
-        self, reward: RewardFunc, decoder: CompletionDecoder | None, protocol: str, log_fail_rate: bool = False
+        self,
+        reward: RewardFunc,
+        decoder: CompletionDecoder | None,
+        protocol: str,
+        log_fail_rate: bool = False,
+        samples: CompletionSamples | None = None,
     ) -> None:
         self.reward = reward
         self.decoder = decoder
         self.protocol = protocol
         self.log_fail_rate = log_fail_rate
+        self.samples = samples
         self.__name__ = getattr(reward, "__name__", type(reward).__name__)
 
     def __call__(
         self, completions: Sequence, completion_ids: Sequence[Sequence[int]] | None = None, **kwargs
     ) -> list[float]:
+        n_tokens = None
         if completion_ids is not None and self.decoder is not None:
             completions = [self.decoder.decode(ids) for ids in completion_ids]
+            n_tokens = [len(self.decoder.cut(ids)) for ids in completion_ids]
         log_metric = kwargs.get("log_metric")
         if self.log_fail_rate and callable(log_metric) and completions:
             failed = sum(not parse_completion(c, self.protocol).parseable for c in completions)
             log_metric(FAIL_RATE, failed / len(completions))
-        return self.reward(completions, completion_ids=completion_ids, **kwargs)
+        values = self.reward(completions, completion_ids=completion_ids, **kwargs)
+        if self.samples is not None:
+            if self.log_fail_rate:
+                self.samples.start(completions, n_tokens, kwargs.get("ground_truth"))
+            self.samples.add(self.__name__, values)
+        return values
 
 
 def build_rewards(
-    names: Sequence[str], protocol: str, length_threshold: int, length_penalty: float
+    names: Sequence[str],
+    protocol: str,
+    length_threshold: int,
+    length_penalty: float,
+    rl_dataset: Dataset | None = None,
+    weights_dir: str | Path | None = None,
 ) -> dict[str, RewardFunc]:
     """Our rewards by name (`chexreason.rewards.get_reward`), each reading outputs under `protocol`; the hard
-    reward gets the recipe's length threshold and λ_len."""
+    reward gets the recipe's length threshold and λ_len.
+
+    With `rl_dataset` (the whole RL split, whatever ``max_train_samples`` takes of it), the nuanced reward weights
+    a wrong label by that split's label prevalence (`chexreason.rewards.label_prevalence` of its ``ground_truth``)
+    instead of CheXpert's train prevalence, its default outside a run. With `weights_dir` too (the main process's
+    output_dir), the counts, prevalences and costs are written to ``<weights_dir>/nuanced_reward_weights.json``.
+    """
     options = {"protocol": protocol, "length_threshold": length_threshold, "length_penalty": length_penalty}
-    return {name: reward_from_recipe(name, **options) for name in names}
+    if rl_dataset is None:
+        return {name: reward_from_recipe(name, **options) for name in names}
+    counts, n_rows = count_labels(rl_dataset["ground_truth"])
+    prevalence = label_prevalence(counts, n_rows)
+    rewards = {name: reward_from_recipe(name, **options, label_prevalence=prevalence) for name in names}
+    nuanced = rewards.get("nuanced")
+    if weights_dir is not None and isinstance(nuanced, NuancedReward):
+        path = Path(weights_dir) / NUANCED_WEIGHTS_JSON
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(nuanced_reward_weights(nuanced.config, counts, n_rows), indent=1) + "\n")
+        logger.info("nuanced reward: false-positive weights from %d RL rows, written to %s", n_rows, path)
+    return rewards
 
 
 def trainer_rewards(
-    rewards: Mapping[str, RewardFunc], decoder: CompletionDecoder, protocol: str
+    rewards: Mapping[str, RewardFunc],
+    decoder: CompletionDecoder,
+    protocol: str,
+    samples: CompletionSamples | None = None,
 ) -> list[TrainerReward]:
-    """`rewards` wrapped for TRL (`TrainerReward`); the first also logs the fail rate (once per batch)."""
-    wrapped = [TrainerReward(reward, decoder, protocol) for reward in rewards.values()]
+    """`rewards` wrapped for TRL (`TrainerReward`); the first also logs the fail rate (once per batch), and all
+    keep their values in `samples` when given."""
+    wrapped = [TrainerReward(reward, decoder, protocol, samples=samples) for reward in rewards.values()]
     wrapped[0].log_fail_rate = True
     return wrapped
 
@@ -362,13 +417,21 @@ def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], a
         built: the built datasets (`chexreason.data.build.load_built`): ``rl`` and ``sft_validation``.
         answer_format: the SFT answer format; its prompt asks every RL and validation image.
     """
-    from trl import GRPOTrainer
+    from chexreason.training.grpo_logs import ClipRateTrainer, CompletionSampleCallback, CompletionSamples
 
     policy, processor = load_policy(model_args, config.sft_adapter)
     protocol = answer_format.protocol
-    rewards = build_rewards(config.rewards, protocol, config.reward_length_threshold, config.reward_length_penalty)
+    rewards = build_rewards(
+        config.rewards,
+        protocol,
+        config.reward_length_threshold,
+        config.reward_length_penalty,
+        rl_dataset=built["rl"],  # the nuanced reward's false-positive weights follow the RL split's labels
+        weights_dir=config.output_dir if config.process_index == 0 else None,  # recorded once, by the main process
+    )
     reward_state = RewardStateCallback(rewards, process_index=config.process_index)
-    callbacks: list[TrainerCallback] = [reward_state]
+    samples = CompletionSamples(protocol)
+    callbacks: list[TrainerCallback] = [reward_state, CompletionSampleCallback(samples, config.output_dir)]
     best_policy = None
     if config.validation_samples:
         validation = ValidationSet.from_dataset(
@@ -382,9 +445,9 @@ def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], a
             batch_size=config.per_device_eval_batch_size,
         )
         callbacks.append(best_policy)
-    trainer = GRPOTrainer(
+    trainer = ClipRateTrainer(  # GRPOTrainer, also logging how often the gradient norm was clipped
         model=policy,  # a PeftModel and no peft_config: TRL's reference is a frozen copy of the SFT adapter
-        reward_funcs=trainer_rewards(rewards, completion_decoder(policy, processor), protocol),
+        reward_funcs=trainer_rewards(rewards, completion_decoder(policy, processor), protocol, samples),
         args=config,
         # TRL 1.16 takes one image per row from the `image` column (grpo_trainer.py:2402) and passes every other
         # column (`ground_truth`) to the rewards; the prompt is the one the SFT policy was trained with.
