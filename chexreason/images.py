@@ -4,11 +4,17 @@ Everything that turns a user's file into model input goes through `load_image_wi
 wrappers `load_image` and `inspect_image`), so the app, the dataset readers and the benchmarks see the
 same pixels. The image keeps its own size: resizing is the model processor's job.
 
-The format is detected from the content, not the name (a PNG named ``.jpg`` still loads); only a DICOM
-file without its 128-byte preamble and ``DICM`` magic is recognised by its ``.dcm`` name. Whatever goes
-wrong — empty, truncated or damaged files, text, other formats, decompression bombs, DICOM objects that are
-not a single greyscale image, a compression whose decoder is not installed — raises `ImageError` with a
-message a person can act on, never a raw traceback from a decoder.
+The format is detected from the content, not the name (a PNG named ``.jpg`` still loads); a DICOM file
+without its 128-byte preamble and ``DICM`` magic is recognised by its first element's tag (or its ``.dcm``
+name). Whatever goes wrong — empty, truncated or damaged files, text, other formats, decompression bombs,
+DICOM objects that are not a single greyscale image, a compression whose decoder is not installed — raises
+`ImageError` with a message a person can act on, never a raw traceback from a decoder.
+
+Decoding stays within a budget for every format: the size any decoder will allocate is read from what that
+decoder acts on — the PNG/JPEG header, a DICOM frame's own JPEG / JPEG-LS / JPEG 2000 codestream header (which
+must agree with Rows/Columns), the inflated length of a deflated DICOM — and checked before decoding
+(`chexreason.decode_limits`); a Huffman-coded JPEG with less data than any complete image of its size is
+refused as cut short. The app also decodes in a separate, memory-limited process (`chexreason.app.decoding`).
 
 Patient-identifying DICOM metadata (names, IDs, dates, …) is never logged, put in an error message or
 returned: `ImageInfo` carries only the format, size, bit depth and view position.
@@ -40,7 +46,16 @@ import pydicom
 import pydicom.uid
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+
+from chexreason.decode_limits import (
+    DecodeLimitError,
+    check_codestream,
+    check_inflation,
+    check_jpeg_complete,
+    jpeg_frame,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +85,10 @@ _OTHER_MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "a gzip archive"),
 )
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# A DICOM stream without its 128-byte preamble starts with its first element's tag, little endian: the file meta
+# group (0002) or, without meta, the first group it holds — identification (0008), patient (0010), acquisition
+# (0018), relationship (0020) or image (0028). Read with pydicom's force; refused if it turns out not to be one.
+_DATASET_STARTS = tuple(group.to_bytes(2, "little") for group in (0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028))
 # DICOM code strings (CS): the only text from a DICOM file we ever repeat, and only if it has this shape.
 _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
 
@@ -142,6 +161,10 @@ def load_image_with_info(source: ImageSource) -> tuple[Image.Image, ImageInfo]:
             image, info = _load_pil(data, kind)
     except ImageError:
         raise
+    except MemoryError:
+        raise ImageError(
+            f"The {kind} image needs more memory to decode than one image may use; it is refused. Downscale it."
+        ) from None
     except Exception as err:  # the boundary: no decoder's exception escapes as anything but ImageError
         # DICOM errors are reported by type only: pydicom's messages may quote element values.
         detail = type(err).__name__ if kind == "DICOM" else f"{type(err).__name__}: {err}"
@@ -191,7 +214,7 @@ def _sniff(data: bytes, name: str | None) -> str:
         return "PNG"
     if data.startswith(_JPEG_MAGIC):
         return "JPEG"
-    if data[128:132] == b"DICM":
+    if data[128:132] == b"DICM" or data[:2] in _DATASET_STARTS:
         return "DICOM"
     if name is not None and name.lower().endswith(".dcm"):
         return "DICOM"  # possibly a DICOM file without preamble: read with pydicom's force
@@ -247,6 +270,9 @@ def _load_pil(data: bytes, kind: str) -> tuple[Image.Image, ImageInfo]:
                 f"images above {MAX_PIXELS:,} pixels are not accepted. Downscale it."
             ) from err
     _check_size(kind, *image.size)
+    frame = jpeg_frame(data) if kind == "JPEG" else None
+    if frame is not None:
+        _within_limits(check_jpeg_complete, frame, kind="JPEG")
     image.load()  # decodes now, so truncation raises here, inside the caller's boundary
     # PNG: the IHDR bit depth (always the first chunk); JPEG: the frame's sample precision.
     bits = (data[24] if data[12:16] == b"IHDR" else 8) if kind == "PNG" else int(getattr(image, "bits", 8))
@@ -291,7 +317,8 @@ def _to_uint8(values: np.ndarray, low: float | None = None, high: float | None =
 
 def _load_dicom(data: bytes, name: str | None) -> tuple[Image.Image, ImageInfo]:
     """Decode a single-frame greyscale DICOM image, with its modality and VOI transforms applied."""
-    forced = data[128:132] != b"DICM"  # no preamble: only tried because the file is named .dcm
+    forced = data[128:132] != b"DICM"  # no preamble: tried because it starts like a dataset, or is named .dcm
+    _within_limits(check_inflation, data, MAX_FILE_BYTES, kind="DICOM")  # pydicom would inflate without a bound
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=forced)
     except Exception as err:
@@ -339,6 +366,9 @@ def _load_dicom(data: bytes, name: str | None) -> tuple[Image.Image, ImageInfo]:
             f"installed. {_decoder_report(decoder, 'Install one: pydicom decodes it with')} Or export the image "
             f"uncompressed or as PNG."
         )
+    if syntax.is_compressed:  # the codestream, not Rows/Columns, sizes what its decoder allocates
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        _within_limits(check_codestream, frame, str(syntax), int(ds.Columns), int(ds.Rows), kind="DICOM")
     try:
         stored = np.asarray(ds.pixel_array)
     except Exception as err:
@@ -357,6 +387,14 @@ def _load_dicom(data: bytes, name: str | None) -> tuple[Image.Image, ImageInfo]:
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
     image = Image.fromarray(gray)
     return image, ImageInfo("DICOM", image.width, image.height, bits, view if _CODE_STRING.fullmatch(view) else None)
+
+
+def _within_limits(check: Any, *args: Any, kind: str) -> None:
+    """Run a `chexreason.decode_limits` check, its refusal as an `ImageError`."""
+    try:
+        check(*args)
+    except DecodeLimitError as err:
+        raise ImageError(f"The {kind} file is refused before decoding: {err}. Export the image again.") from None
 
 
 def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID:

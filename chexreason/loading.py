@@ -8,11 +8,10 @@ would otherwise fall back to a pickled ``adapter_model.bin``).
 
 **Chat template.** An adapter folder written by ``train.sft`` / ``train.grpo`` carries the chat template it was
 trained with (``chat_template.jinja``, saved with its processor: for the paper recipes TRL's training variant of
-the model's template, the one with ``{% generation %}`` markers). Prompts are rendered with that same template.
-One processor serves every checkpoint of a base, so the adapters of one base must agree on it (a set that mixes
-templates is refused); the bare base checkpoint is then prompted with it too. That changes nothing for the base:
-a training variant renders a prompt (``add_generation_prompt=True``) exactly as the original does, the markers
-only tag the assistant's tokens (tests/test_modeling.py). A base whose adapters carry no template keeps its own.
+the model's template, the one with ``{% generation %}`` markers). Each checkpoint's prompts are rendered with
+its own adapter's template (`chexreason.model_set.LoadedBase.templates`), the bare base's and those of adapters
+that carry none with the processor's own — so a base row is never prompted with a template it was not made with,
+and adapters trained with different templates can share one base.
 """
 
 from __future__ import annotations
@@ -91,18 +90,6 @@ def adapter_chat_template(folder: str | Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def _use_adapters_template(processor: Any, templates: dict[str, str], model: str) -> None:
-    """Prompt with the template the adapters were trained with; refuse adapters of one base that disagree."""
-    if not templates:
-        return
-    if len(set(templates.values())) > 1:
-        raise ModelSetError(
-            f"the adapters of {model} carry different chat templates ({', '.join(sorted(templates))}), but one "
-            f"processor serves them all: give them the same {CHAT_TEMPLATE}"
-        )
-    processor.chat_template = next(iter(templates.values()))
-
-
 def _check_mixable(folder: str, checkpoint: CheckpointSpec) -> None:
     """PEFT serves several adapters in one batch only for plain LoRA (no DoRA)."""
     from peft import PeftConfig, PeftType
@@ -130,6 +117,7 @@ def _load_base(
     adapter_names: dict[str, str] = {}
     loaded: dict[tuple[str, str | None], str] = {}
     templates: dict[str, str] = {}  # checkpoint name -> the chat template its adapter was trained with
+    trained: dict[tuple[str, str | None], str | None] = {}
     for checkpoint in checkpoints:
         key = checkpoint.adapter_key
         if key is None:
@@ -140,14 +128,14 @@ def _load_base(
             _check_mixable(folder, checkpoint)
             model = _add_adapter(model, folder, checkpoint.name)
             loaded[key] = checkpoint.name
-            if (template := adapter_chat_template(folder)) is not None:
-                templates[checkpoint.name] = template
+            trained[key] = adapter_chat_template(folder)
         adapter_names[checkpoint.name] = loaded[key]
-    _use_adapters_template(processor, templates, first.model)
+        if trained[key] is not None:
+            templates[checkpoint.name] = trained[key]
     model.to(device)
     model.eval()  # PEFT refuses adapter_names in training mode; no dropout at inference
     decoder = CompletionDecoder(processor.tokenizer, stop_token_ids(model, processor.tokenizer))
-    return LoadedBase(first.model, first.revision, model, processor, adapter_names, decoder)
+    return LoadedBase(first.model, first.revision, model, processor, adapter_names, decoder, templates=templates)
 
 
 def _add_adapter(model: Any, folder: str, adapter_name: str) -> Any:

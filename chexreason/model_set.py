@@ -76,6 +76,8 @@ class LoadedBase:
         adapter_names: checkpoint name -> PEFT adapter name (``"__base__"`` for the bare base).
         decoder: turns its generated ids into text.
         lock: serialises ``generate`` calls on this model (PEFT's mixed-batch hooks are not re-entrant).
+        templates: checkpoint name -> the chat template its adapter was trained with (saved beside it), which its
+            prompts are rendered with; a checkpoint not named (the bare base) uses the processor's own.
     """
 
     reference: str
@@ -85,7 +87,8 @@ class LoadedBase:
     adapter_names: dict[str, str]
     decoder: CompletionDecoder
     lock: threading.Lock = field(default_factory=threading.Lock)
-    prompt_texts: dict[str, str] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)
+    prompt_texts: dict[tuple[str | None, str], str] = field(default_factory=dict)
 
     @property
     def is_peft(self) -> bool:
@@ -368,12 +371,15 @@ def _drain(updates: queue.Queue) -> list[Any]:
             return items
 
 
-def _prompt_text(base: LoadedBase, prompt: PromptVariant) -> str:
-    if prompt.key not in base.prompt_texts:
-        base.prompt_texts[prompt.key] = base.processor.apply_chat_template(
-            prompt.messages(), add_generation_prompt=True, tokenize=False
+def _prompt_text(base: LoadedBase, checkpoint: str, prompt: PromptVariant) -> str:
+    """The prompt as `checkpoint` was trained to read it: rendered with its own chat template (cached)."""
+    template = base.templates.get(checkpoint)
+    key = (template, prompt.key)
+    if key not in base.prompt_texts:
+        base.prompt_texts[key] = base.processor.apply_chat_template(
+            prompt.messages(), chat_template=template, add_generation_prompt=True, tokenize=False
         )
-    return base.prompt_texts[prompt.key]
+    return base.prompt_texts[key]
 
 
 def _run(
@@ -403,7 +409,7 @@ def _run(
         kwargs["adapter_names"] = [base.adapter_names[row.checkpoint] for row in rows]
     with base.lock:  # the processor's padding state and PEFT's hooks are per model, not per call
         inputs = base.processor(
-            text=[_prompt_text(base, row.prompt) for row in rows],
+            text=[_prompt_text(base, row.checkpoint, row.prompt) for row in rows],
             images=[[images[row.image_index]] for row in rows],
             padding=True,
             add_special_tokens=False,  # the chat template already starts with BOS, as in TRL's training

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -115,6 +116,44 @@ def _bad_inputs() -> dict[str, tuple[bytes, str]]:
     }
 
 
+def test_hostile_uploads_are_refused_in_a_decode_worker_and_the_app_keeps_serving(served, tmp_path):
+    import hostile_files as hostile
+
+    from chexreason.app.compare import decode_pool
+
+    bombs = {
+        "bomb.dcm": (hostile.jpeg_bomb_dicom(), "jpeg codestream says 30000 × 30000"),
+        "j2k-bomb.dcm": (hostile.j2k_bomb_dicom(), "jpeg 2000 codestream says 12000 × 12000"),
+        "deflated.dcm": (hostile.deflate_bomb_dicom(inflated_mib=300), "inflates to more than 256 mib"),
+        "cut.jpg": (hostile.truncated_jpeg(), "cut short"),
+    }
+    Path("/proc/self/clear_refs").write_text("5")  # resets this process's peak RSS: the server runs here
+    for name, (data, words) in bombs.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(Exception) as caught:
+            served.predict(handle_file(str(path)), api_name="/check")
+        assert words in str(caught.value).lower(), f"{name}: {caught.value}"
+    assert _peak_rss() - _rss() < 300 * 2**20  # the bombs were decoded (and refused) in another process
+    assert decode_pool().pids() and os.getpid() not in decode_pool().pids()
+    old = tmp_path / "old-film"  # a DICOM without preamble, and without a name that says so
+    old.write_bytes(hostile.preambleless_dicom(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))))
+    _check_three_answers(served.predict(handle_file(str(old)), api_name="/compare"))
+
+
+def _status_bytes(key: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key))
+    return int(line.split()[1]) * 1024
+
+
+def _peak_rss() -> int:
+    return _status_bytes("VmHWM:")
+
+
+def _rss() -> int:
+    return _status_bytes("VmRSS:")
+
+
 def test_bad_inputs_get_a_readable_error_and_the_app_keeps_serving(served, tmp_path):
     for name, (data, words) in _bad_inputs().items():
         path = tmp_path / name
@@ -130,8 +169,17 @@ def test_bad_inputs_get_a_readable_error_and_the_app_keeps_serving(served, tmp_p
 def test_bad_settings_are_refused(served):
     with pytest.raises(Exception, match="less than minimum"):
         served.predict(handle_file(str(load_examples()[0].path)), max_new_tokens=0, api_name="/compare")
-    with pytest.raises(Exception, match="not in the list of choices"):
-        served.predict(handle_file(str(load_examples()[0].path)), prompt="nonsense", api_name="/compare")
+    example = handle_file(str(load_examples()[0].path))
+    with pytest.raises(Exception, match="Unknown prompt 'nonsense'"):
+        served.predict(example, prompt="nonsense", api_name="/compare")
+    # Malformed API calls: each a message naming the setting, a long value not echoed back in full.
+    with pytest.raises(Exception, match=r"Unknown prompt 'x{40}…'") as caught:
+        served.predict(example, prompt="x" * 100_000, api_name="/compare")
+    assert len(str(caught.value)) < 1000
+    with pytest.raises(Exception, match="sampling must be true or false"):
+        served.predict(example, sampling="false", api_name="/compare")
+    with pytest.raises(Exception, match="needs a click on one of the 6 gallery examples"):
+        served.predict(api_name="/example")
 
 
 def test_uploads_are_deleted_after_the_request(served, tmp_path):
@@ -211,3 +259,20 @@ def test_unloadable_model_set_is_a_message_not_a_traceback(tmp_path):
     )
     assert run.returncode != 0
     assert "cannot load model set" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_no_public_tunnel_even_when_the_environment_asks(tiny_set, monkeypatch):
+    import socket
+
+    from chexreason.app import launch_options
+
+    monkeypatch.setenv("GRADIO_SHARE", "true")  # Gradio reads this when `share` is not given
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_demo(tiny_set)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **launch_options())
+    try:
+        assert demo.share is False and demo.share_url is None
+    finally:
+        demo.close()

@@ -37,6 +37,10 @@ def test_a_stage_without_config_runs_its_tiny_recipe(stage):
     assert data.output_dir == "outputs/tiny/data"
     overridden = configs.parse_stage(f"train.{stage}", types, ["--seed", "7"])  # the command line still wins
     assert overridden[-2].seed == 7
+    recipe_path = str(configs.TINY_RECIPES / f"{stage}.yaml")
+    for form in (["--config", recipe_path], [f"--config={recipe_path}"]):  # TRL itself reads only the first form
+        named = configs.parse_stage(f"train.{stage}", types, form)
+        assert [getattr(c, "output_dir", None) for c in named[:-1]] == [getattr(c, "output_dir", None) for c in parsed]
 
 
 def test_data_without_config_builds_the_tiny_recipe(monkeypatch):

@@ -456,3 +456,27 @@ def test_the_run_records_the_nuanced_weights_of_its_rl_split(resumed_run, data_r
     assert record["n_rows"] == manifest["splits"]["rl"]["size"]
     seen = {label: entry["count"] for label, entry in record["labels"].items() if entry["count"]}
     assert seen == manifest["label_counts"]["rl"]
+
+
+def test_the_clip_rate_is_the_share_of_clipped_steps_since_the_last_log(monkeypatch):
+    # Several optimizer steps per log (the recipes log every 5 or 10): the rate averages them; an unreported
+    # norm (DeepSpeed can return None) is skipped, not a crash.
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    from chexreason.training.grpo_logs import GRAD_CLIP_RATE, ClipRateTrainer
+
+    norms, logged = iter([0.5, 2.0, None, 3.0, 0.1]), []
+    monkeypatch.setattr(GRPOTrainer, "_clip_grad_norm", lambda self, model: next(norms))
+    monkeypatch.setattr(GRPOTrainer, "log", lambda self, logs, start_time=None: logged.append(dict(logs)))
+    trainer = ClipRateTrainer.__new__(ClipRateTrainer)  # only the two overridden methods are exercised
+    trainer.args = SimpleNamespace(max_grad_norm=1.0)
+    for _ in range(3):
+        trainer._clip_grad_norm(None)
+    trainer.log({"loss": 1.0})
+    trainer.log({"eval_loss": 1.0})  # not a training log: no rate
+    for _ in range(2):
+        trainer._clip_grad_norm(None)
+    trainer.log({"loss": 0.5})
+    assert [entry.get(GRAD_CLIP_RATE) for entry in logged] == [0.5, None, 0.5]

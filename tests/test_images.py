@@ -417,8 +417,8 @@ def test_dicom_monochrome1_inverted_and_view():
     assert info.view == "LL"
 
 
-def test_dicom_without_preamble_needs_dcm_name(tmp_path: Path):
-    # Old files start straight with the dataset (no 128-byte preamble, no "DICM"): read by name only.
+def test_dicom_without_preamble_is_read_by_content_or_name(tmp_path: Path):
+    # Old files start straight with the dataset (no 128-byte preamble, no "DICM"): read by their first tag, or name.
     ds = Dataset()
     ds.set_pixel_data(_ramp().astype(np.uint16), "MONOCHROME2", 8)
     ds.file_meta = FileMetaDataset()  # no meta header either: nothing says "DICOM" but the name
@@ -431,8 +431,9 @@ def test_dicom_without_preamble_needs_dcm_name(tmp_path: Path):
     assert np.array_equal(_gray(load_image(path)), _ramp())
     with path.open("rb") as file:
         assert inspect_image(file).format == "DICOM"  # the file object's name counts too
+    assert np.array_equal(_gray(load_image(data)), _ramp())  # bytes have no name: the first tag (0028) says it
     with pytest.raises(ImageError, match="not a PNG, JPEG or DICOM"):
-        load_image(data)  # bytes have no name
+        load_image(b"\x28\x00" + bytes(range(200)))  # starts like one, is not one: the usual message
 
 
 def _mr_small(name: str) -> Path:

@@ -421,26 +421,29 @@ def test_dora_adapters_are_refused(tiny_set: Path, tmp_path: Path):
 
 
 def test_prompts_use_the_chat_template_saved_with_the_adapters(tiny_set: Path, tmp_path: Path):
-    """Inference prompts with the template the adapters were trained with (saved beside them by train.sft and
-    train.grpo); the base's one processor serves all its checkpoints, so adapters that disagree are refused."""
+    """Each checkpoint is prompted with the template its adapter was trained with (saved beside it by train.sft and
+    train.grpo); the bare base, and an adapter that carries none, with the processor's own."""
     import shutil
 
-    from trl.chat_template_utils import gemma3_chat_template, gemma3_training_chat_template
+    from chexreason.model_set import _prompt_text
 
+    marked = "{{ bos_token }}MARKED {% for m in messages %}{{ m['role'] }}{% endfor %}"  # a template one can spot
+    other = "{{ bos_token }}OTHER {% for m in messages %}{{ m['role'] }}{% endfor %}"
     base = tiny_set.parent.resolve() / "base"
-    for name in ("sft", "grpo"):
+    for name, template in (("sft", marked), ("grpo", other)):
         shutil.copytree(tiny_set.parent / name, tmp_path / name)
-        (tmp_path / name / "chat_template.jinja").write_text(gemma3_training_chat_template)
+        (tmp_path / name / "chat_template.jinja").write_text(template)
     path = tmp_path / "templated.yaml"
     path.write_text(
         "checkpoints:\n"
         + "".join(f"  - {{name: {n}, model: {base}, adapter: ./{n}}}\n" for n in ("sft", "grpo"))
         + f"  - {{name: base, model: {base}}}\n"
     )
-    assert load_model_set(path).bases[0].processor.chat_template == gemma3_training_chat_template
-    (tmp_path / "grpo" / "chat_template.jinja").write_text(gemma3_chat_template)
-    with pytest.raises(ModelSetError, match="carry different chat templates"):
-        load_model_set(path)
+    models = load_model_set(path)  # adapters trained with different templates share the base
+    loaded, prompt = models.bases[0], get_prompt("free_reasoning")
+    assert "MARKED" in _prompt_text(loaded, "sft", prompt) and "OTHER" in _prompt_text(loaded, "grpo", prompt)
+    own = loaded.processor.apply_chat_template(prompt.messages(), add_generation_prompt=True, tokenize=False)
+    assert _prompt_text(loaded, "base", prompt) == own and "MARKED" not in own
 
 
 @pytest.mark.parametrize("original", ["gemma3", "qwen2_5_vl"])  # the MedGemma and Qwen2.5-VL recipes' templates

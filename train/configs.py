@@ -106,7 +106,9 @@ def with_default_recipe(prog: str, argv: list[str] | None) -> list[str]:
     ``python -m train.grpo`` alone runs the tiny recipe (and regenerates checkpoints/tiny) as the README says,
     instead of TRL's GPU defaults. Fields given on the command line still override the recipe's."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+    # TRL's parser reads only "--config PATH": split "--config=PATH", which it would silently ignore.
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    if "--config" in argv:
         return argv
     recipe = TINY_RECIPES / f"{prog.removeprefix('train.')}.yaml"
     logger.info("%s: no --config, so the tiny recipe %s", prog, recipe.relative_to(recipe.parents[3]))

@@ -18,6 +18,7 @@ chooses a prompt — so it runs on the build's validation split (``valid_chexper
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from chexreason.evaluation import SourceError, write_evaluation
 from chexreason.modeling import GenerationSettings, ModelSetError, load_model_set, resolve_model_set_path
 from train import log_to_console
 from train.configs import DataConfig, EvaluateConfig, parse_stage
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> Path:
             " (it biases the test numbers); sweep on a validation split:"
             f" --datasets {' '.join(selection_splits(built))} (the default with --prompts)"
         )
+    on_training = [name for name in names if split_role(name) == "training"] if config.prompts else []
+    if on_training:  # no leak into test, but the images were trained on: a prompt chosen there may not transfer
+        logger.warning("sweeping prompts on training split(s) %s; the validation split(s) are %s",
+                       on_training, selection_splits(built))  # fmt: skip
     datasets = {name: head(built[name], config.limit) for name in names}
     manifest = json.loads((Path(data.output_dir) / MANIFEST).read_text())
     out = Path(config.out) if config.out else model_path.parent / ("prompts.json" if config.prompts else "eval.json")

@@ -9,6 +9,8 @@ which API users do not see).
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -20,7 +22,8 @@ from PIL import Image
 
 from chexreason.app import rendering
 from chexreason.app.examples import Example, example_for
-from chexreason.images import ImageError, ImageInfo, load_image_with_info
+from chexreason.decode_pool import DecodePool
+from chexreason.images import ImageError, ImageInfo
 from chexreason.modeling import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
@@ -59,6 +62,13 @@ def _upload_folder() -> Path:
     return Path(gr.utils.get_upload_folder()).resolve()
 
 
+def _number(name: str, value: Any) -> float:
+    """A finite number sent for setting `name`, or a message saying what it must be."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise gr.Error(f"{name} must be a finite number.")
+    return float(value)
+
+
 def _read_upload(path: str | None) -> bytes:
     if not path:
         raise gr.Error("Upload a chest X-ray first (PNG, JPEG or DICOM), or click one of the examples.")
@@ -81,9 +91,23 @@ def _forget_upload(path: str | None) -> None:
         file.unlink(missing_ok=True)
 
 
-def _load(data: bytes):
+_pool: DecodePool | None = None
+_pool_lock = threading.Lock()
+
+
+def decode_pool() -> DecodePool:
+    """The server's image decoders: worker processes with a memory and a time limit (`chexreason.decode_pool`),
+    so a hostile upload can neither exhaust nor stall the server. Started once, by the first `Comparer`."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = DecodePool()
+        return _pool
+
+
+def _load(data: bytes, name: str | None):
     try:
-        return load_image_with_info(data)
+        return decode_pool().load(data, name)
     except ImageError as err:
         raise gr.Error(str(err)) from None
 
@@ -109,7 +133,7 @@ def load_upload(path: str | None, held: LoadedUpload | None = None) -> LoadedUpl
         return held
     try:
         data = _read_upload(path)
-        image, info = _load(data)
+        image, info = _load(data, Path(path).name if path else None)  # the name: a preamble-less .dcm is DICOM
     except gr.Error:
         _forget_upload(path)
         raise
@@ -123,6 +147,7 @@ class Comparer:
         self.model_set = model_set
         self.names = model_set.checkpoints
         self.titles = {name: model_set.spec.checkpoint(name).display_title for name in self.names}
+        decode_pool()  # the decoders start with the app, not on the first visitor's upload
         # The token-limit slider starts at the set's budget (what evaluation used); left there, every checkpoint
         # answers within its own recorded budget, exactly as it was evaluated.
         self.default_budget = model_set.spec.largest_budget
@@ -158,7 +183,8 @@ class Comparer:
     ) -> Iterator[list[Any]]:
         """The ``compare`` endpoint: `compare` on the upload, whose file is deleted once read (not a bundled
         example's: Gradio's cache holds one copy per content, shared with the gallery); the last output is the
-        session's `LoadedUpload` (a `gr.State`, invisible to API users)."""
+        session's `LoadedUpload` (a `gr.State`, invisible to API users). ``max_new_tokens`` None or the set's largest
+        budget (the slider's starting value) means each checkpoint within its own recorded budget, as evaluated."""
         loaded = load_upload(upload, held)
         if loaded.example is None:
             _forget_upload(upload)
@@ -229,17 +255,24 @@ class Comparer:
             summary,
         ]  # fmt: skip
 
-    def _decoding(
-        self, prompt: str, sampling: bool, temperature: float, top_p: float, max_new_tokens: int | None
-    ) -> dict:
-        """Check the settings a `gradio_client` user may send unchecked by the page's widgets."""
+    def _decoding(self, prompt: Any, sampling: Any, temperature: Any, top_p: Any, max_new_tokens: Any) -> dict:
+        """Check the settings a `gradio_client` user may send unchecked by the page's widgets: every malformed value
+        is a message naming the setting (never echoing it back at length), not a raw exception."""
+        if prompt is not None and not isinstance(prompt, str):
+            raise gr.Error("The prompt must be a prompt key (text), e.g. free_reasoning.")
         if prompt not in ALL_PROMPTS and prompt not in (OWN_PROMPT, "", None):
-            raise gr.Error(f"Unknown prompt {prompt!r}; choose one of {', '.join(ALL_PROMPTS)} or {OWN_PROMPT!r}.")
-        if max_new_tokens is not None and not 1 <= int(max_new_tokens) <= self.token_limit:
-            raise gr.Error(f"max_new_tokens must be between 1 and {self.token_limit}.")
+            shown = prompt if len(prompt) <= 40 else prompt[:40] + "…"
+            raise gr.Error(f"Unknown prompt {shown!r}; choose one of {', '.join(ALL_PROMPTS)} or {OWN_PROMPT!r}.")
+        if not isinstance(sampling, bool):
+            raise gr.Error("sampling must be true or false.")
+        temperature, top_p = _number("temperature", temperature), _number("top_p", top_p)
+        if max_new_tokens is not None:
+            max_new_tokens = _number("max_new_tokens", max_new_tokens)
+            if max_new_tokens != int(max_new_tokens) or not 1 <= max_new_tokens <= self.token_limit:
+                raise gr.Error(f"max_new_tokens must be a whole number between 1 and {self.token_limit}.")
         if sampling and not (0 < temperature <= 2 and 0 < top_p <= 1):
             raise gr.Error("Sampling needs 0 < temperature ≤ 2 and 0 < top-p ≤ 1.")
         # None, or the slider's starting value: each checkpoint's own budget (the model set's record).
         budget = None if max_new_tokens is None or int(max_new_tokens) == self.default_budget else int(max_new_tokens)
-        settings = GenerationSettings(budget, bool(sampling), float(temperature), float(top_p))
+        settings = GenerationSettings(budget, sampling, temperature, top_p)
         return {"prompt": None if prompt in (OWN_PROMPT, "", None) else prompt, "settings": settings}

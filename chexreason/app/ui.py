@@ -40,8 +40,15 @@ THEME = gr.themes.Soft(
 
 
 def launch_options() -> dict:
-    """Keyword arguments for `demo.launch` (Gradio 6 takes theme and css there, not in `gr.Blocks`)."""
-    return {"theme": THEME, "css": rendering.CSS, "max_file_size": MAX_UPLOAD_BYTES, "show_error": True}
+    """Keyword arguments for `demo.launch` (Gradio 6 takes theme and css there, not in `gr.Blocks`). ``share`` is
+    False explicitly: Gradio would otherwise read ``GRADIO_SHARE`` and open a public tunnel off the machine."""
+    return {
+        "theme": THEME,
+        "css": rendering.CSS,
+        "max_file_size": MAX_UPLOAD_BYTES,
+        "show_error": True,
+        "share": False,
+    }
 
 
 def build_demo(models: str | Path | ModelSet = DEFAULT_MODELS) -> gr.Blocks:
@@ -105,6 +112,7 @@ def _compare_tab(comparer: Comparer) -> None:
                     value=comparer.default_prompt,
                     label="Prompt variant (the paper's Table 1; default: the one the checkpoints were trained with)",
                     elem_id="prompt",
+                    allow_custom_value=True,  # so an unknown value reaches Comparer's check, which does not echo it
                 )
                 sampling = gr.Checkbox(False, label="Sample (off: greedy, as in the evaluation)", elem_id="sampling")
                 temperature = gr.Slider(
@@ -112,7 +120,8 @@ def _compare_tab(comparer: Comparer) -> None:
                 )
                 top_p = gr.Slider(0.05, 1.0, DEFAULT_TOP_P, step=0.05, label="Top-p", elem_id="top-p")
                 max_new_tokens = gr.Slider(
-                    16, comparer.token_limit, comparer.default_budget, step=16, elem_id="max-new-tokens",
+                    min(16, comparer.default_budget), comparer.token_limit, comparer.default_budget, step=16,
+                    elem_id="max-new-tokens",
                     label=f"Max new tokens (default {comparer.default_budget}: the budget the set was evaluated with)",
                 )  # fmt: skip
         with gr.Column(scale=3):
@@ -146,8 +155,17 @@ def _compare_tab(comparer: Comparer) -> None:
     )
 
 
-def _pick_example(event: gr.SelectData) -> str:
-    return str(load_examples()[event.index].path)
+def _pick_example(event: gr.EventData) -> str:
+    """The clicked example's file. `gr.EventData`, not `gr.SelectData`: Gradio builds the latter from the request
+    before this runs, and an API call without a gallery click (no event data) would fail there with a raw error."""
+    examples = load_examples()
+    data = event._data if isinstance(getattr(event, "_data", None), dict) else {}
+    index = data.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(examples):
+        raise gr.Error(
+            f"/example needs a click on one of the {len(examples)} gallery examples; call /compare instead."
+        )
+    return str(examples[index].path)
 
 
 def _describe(checkpoint) -> str:

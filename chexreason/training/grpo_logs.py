@@ -6,8 +6,8 @@ and how often the gradient was clipped.
   would not show what the rewards scored. `CompletionSamples` keeps the last batch our rewards saw (the text
   re-decoded from the token ids, `chexreason.training.grpo.TrainerReward`), and `CompletionSampleCallback`
   appends a few of them at every logging step to ``<output_dir>/completions.jsonl``, each with its ground
-  truth, its parsed labels, its length and every reward's value (their sum is the total reward; the hard
-  reward's Jaccard part is given beside it, so the length penalty is the difference).
+  truth, its parsed labels, its length and every reward's value (the total reward is their sum weighted by
+  ``reward_weights``; the hard reward's Jaccard part is given beside it, so the length penalty is the difference).
 - **Gradient clipping.** transformers logs ``grad_norm`` of the logging step only. `ClipRateTrainer` records the
   pre-clip norm of every optimizer step and logs ``grad_clip_rate``: the share of steps since the last log
   whose norm exceeded ``max_grad_norm``.
@@ -104,8 +104,9 @@ class ClipRateTrainer(GRPOTrainer):
         # transformers 5.23 calls this once per optimizer step (when max_grad_norm > 0); it returns the norm before
         # clipping, the same on every process.
         norm = super()._clip_grad_norm(model)
-        steps = self.__dict__.setdefault("_clip_steps", [])
-        steps.append(float(norm) > self.args.max_grad_norm)
+        if norm is not None:  # DeepSpeed may not report one
+            steps = self.__dict__.setdefault("_clip_steps", [])
+            steps.append(float(norm) > self.args.max_grad_norm)
         return norm
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
