@@ -30,6 +30,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 # JPEG-LS lossless and near-lossless; JPEG 2000 (lossless, lossy, the two multi-component ones) and HTJ2K.
 _JPEG_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81))
 _J2K_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203))
+CODESTREAM_SYNTAXES = _JPEG_SYNTAXES | _J2K_SYNTAXES  # what `check_codestream` reads; others need no frame
 _TRANSFER_SYNTAX_TAG = b"\x02\x00\x10\x00"
 
 

@@ -148,9 +148,9 @@ def evaluate(
                         )
                     )
     sampling = settings.do_sample
-    budgets = {run.max_new_tokens for run in runs}
+    used_budgets = {run.max_new_tokens for run in runs}
     generation = Generation(
-        max_new_tokens=budgets.pop() if len(budgets) == 1 else None,
+        max_new_tokens=used_budgets.pop() if len(used_budgets) == 1 else None,
         decoding=settings.decoding,
         temperature=settings.temperature if sampling else None,
         top_p=settings.top_p if sampling else None,

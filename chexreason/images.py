@@ -50,6 +50,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
 from chexreason.decode_limits import (
+    CODESTREAM_SYNTAXES,
     DecodeLimitError,
     check_codestream,
     check_inflation,
@@ -366,7 +367,7 @@ def _load_dicom(data: bytes, name: str | None) -> tuple[Image.Image, ImageInfo]:
             f"installed. {_decoder_report(decoder, 'Install one: pydicom decodes it with')} Or export the image "
             f"uncompressed or as PNG."
         )
-    if syntax.is_compressed:  # the codestream, not Rows/Columns, sizes what its decoder allocates
+    if syntax in CODESTREAM_SYNTAXES:  # the codestream, not Rows/Columns, sizes what its decoder allocates
         frame = get_frame(ds.PixelData, 0, number_of_frames=1)
         _within_limits(check_codestream, frame, str(syntax), int(ds.Columns), int(ds.Rows), kind="DICOM")
     try:
