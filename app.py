@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from chexreason.app import DEFAULT_MODELS, build_demo, launch_options
+from chexreason.app import DEFAULT_MODELS, build_demo, configure_logging, launch_options
 from chexreason.modeling import ModelSetError
 
 
@@ -49,6 +49,7 @@ def _build_or_exit(models: str):
 # Run as a script, --models picks the set; imported (tests, Spaces' reloader), the environment does. Either
 # way the set is loaded once.
 ARGS = parse_args() if __name__ == "__main__" else parse_args([])
+configure_logging()
 demo = _build_or_exit(ARGS.models)
 
 if __name__ == "__main__":

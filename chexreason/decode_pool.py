@@ -38,6 +38,8 @@ WORKERS = 2  # files decoded at once; a third visitor waits for a free worker
 STARTUP_SECONDS = 60.0  # for a new worker's imports, on a busy machine
 _LENGTH = 8  # bytes of each message's header length
 
+Resize = tuple[int, int, int]  # width, height, PIL resampling filter: `ModelSet.input_resolution()`
+
 
 class DecodePool:
     """Worker processes that decode images (`load`), started at once and replaced when one fails."""
@@ -51,15 +53,18 @@ class DecodePool:
         for _ in range(workers):
             self._idle.put(_Worker(memory_bytes))
 
-    def load(self, data: bytes, name: str | None = None) -> tuple[Image.Image, ImageInfo]:
-        """`chexreason.images.load_image_with_info` of the file's bytes, in a worker.
+    def load(
+        self, data: bytes, name: str | None = None, resize: Resize | None = None
+    ) -> tuple[Image.Image, ImageInfo]:
+        """`chexreason.images.load_image_with_info` of the file's bytes, in a worker; with `resize`, the image comes
+        back at that size (the full-size image never reaches this process). `ImageInfo` keeps the file's own size.
 
         Raises:
             ImageError: the file is refused (the worker's message), or its decoding ran out of time or memory.
         """
         worker = self._idle.get()
         try:
-            return worker.load(data, name, self.seconds)
+            return worker.load(data, name, resize, self.seconds)
         except _WorkerLost as lost:
             logger.warning("decode worker %s (%s): starting a new one", lost, f"{len(data)} bytes")
             worker.kill()
@@ -91,11 +96,13 @@ class _Worker:
         )
         self.ready = False
 
-    def load(self, data: bytes, name: str | None, seconds: float) -> tuple[Image.Image, ImageInfo]:
+    def load(
+        self, data: bytes, name: str | None, resize: Resize | None, seconds: float
+    ) -> tuple[Image.Image, ImageInfo]:
         self._wait_until_ready()
         deadline = time.monotonic() + seconds
         try:
-            _send(self.process.stdin, {"name": name, "size": len(data)}, data)
+            _send(self.process.stdin, {"name": name, "size": len(data), "resize": resize}, data)
             header = _read_header(self.process.stdout, deadline)
             size = (int(header["width"]), int(header["height"])) if header.get("ok") else (0, 0)
             pixels = _receive(self.process.stdout, size[0] * size[1], deadline)
@@ -188,6 +195,9 @@ def _serve(memory_bytes: int) -> None:
             return
         try:
             image, info = load_image_with_info(data if header.get("name") is None else _Named(data, header["name"]))
+            if header.get("resize"):
+                width, height, resample = header["resize"]
+                image = image.resize((int(width), int(height)), Image.Resampling(int(resample)))
             _send(stdout, {"ok": True, "width": image.width, "height": image.height, "info": asdict(info)},
                   image.tobytes())  # fmt: skip
         except ImageError as err:

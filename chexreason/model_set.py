@@ -145,6 +145,21 @@ class ModelSet:
     def processor_of(self, checkpoint: str) -> Any:
         return self._base(checkpoint).processor
 
+    def input_resolution(self) -> tuple[int, int, int] | None:
+        """(width, height, PIL resampling filter) every base's image processor resizes its images to, when they all
+        resize to one fixed size (Gemma 3's and MedGemma's do); None otherwise. An image already at this size goes
+        through the processor unchanged, so it can stand in for the original (the app holds only that)."""
+        found = set()
+        for base in self.bases:
+            image_processor = getattr(base.processor, "image_processor", None)
+            size = getattr(image_processor, "size", None)
+            size = dict(size) if isinstance(size, dict) else {k: getattr(size, k, None) for k in ("height", "width")}
+            height, width = size.get("height"), size.get("width")
+            if not getattr(image_processor, "do_resize", False) or not height or not width:
+                return None
+            found.add((int(width), int(height), int(getattr(image_processor, "resample", 2))))
+        return found.pop() if len(found) == 1 else None
+
     def decoder_of(self, checkpoint: str) -> CompletionDecoder:
         return self._base(checkpoint).decoder
 

@@ -2,8 +2,8 @@
 
 `Comparer.run` is the ``compare`` endpoint. It is a generator: Gradio sends each yield to the page (and to
 `gradio_client` users) as it comes. Outputs, in order: preview, notice, then the reasoning text and the
-labels of each checkpoint, the agreement table, a JSON summary, and the session's `LoadedUpload` (a `gr.State`,
-which API users do not see).
+labels of each checkpoint, the agreement table and a JSON summary. The decoded upload is held for the session
+(`chexreason.app.sessions`), its file deleted once read (`chexreason.app.uploads`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from chexreason.app import rendering
+from chexreason.app import rendering, uploads
 from chexreason.app.examples import Example, example_for
+from chexreason.app.sessions import HeldImages, held_seconds
 from chexreason.decode_pool import DecodePool
 from chexreason.images import ImageError, ImageInfo
 from chexreason.modeling import (
@@ -39,6 +40,7 @@ OWN_PROMPT = "own"  # the prompt selector's value for "each checkpoint's own pro
 MAX_UPLOAD_BYTES = 100 * 2**20  # also the server's max_file_size; a chest film is rarely over 30 MB
 MAX_NEW_TOKENS_LIMIT = 1024  # the most a visitor may ask for (a set recording a larger budget raises it)
 GENERATING = '<div class="legend">generating…</div>'
+HELD_SIDE = 1024  # the longest side a session's image keeps when the models have no one input size
 STREAM_INTERVAL = 0.05  # seconds between streamed updates: 20 a second reads as live text
 
 try:  # On a ZeroGPU Space, generation must run inside a function decorated with spaces.GPU; elsewhere a no-op.
@@ -58,37 +60,41 @@ def _stream(
     yield from model_set.stream(image, prompt=prompt, settings=settings)
 
 
-def _upload_folder() -> Path:
-    return Path(gr.utils.get_upload_folder()).resolve()
-
-
 def _number(name: str, value: Any) -> float:
     """A finite number sent for setting `name`, or a message saying what it must be."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise gr.Error(f"{name} must be a finite number.")
+        raise refusal(f"{name} must be a finite number.")
     return float(value)
 
 
-def _read_upload(path: str | None) -> bytes:
+def refusal(message: str) -> gr.Error:
+    """An expected refusal: the visitor sees `message`; the log gets it as one line, never a traceback (and no
+    request value at length: messages quote at most 40 characters of one)."""
+    logger.info("refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def _read_upload(path: Any) -> bytes:
+    """The bytes of the upload at `path`: one this server stored (`chexreason.app.uploads`) or a gallery example."""
     if not path:
-        raise gr.Error("Upload a chest X-ray first (PNG, JPEG or DICOM), or click one of the examples.")
+        raise refusal("Upload a chest X-ray first (PNG, JPEG or DICOM), or click one of the examples.")
+    if not isinstance(path, str):
+        raise refusal("Send one file (the upload's path as text).")
+    if not (uploads.ledger().on_disk(path) or uploads.is_example_copy(path)):
+        if uploads.ledger().issued(path):
+            raise refusal(
+                "That upload is no longer on the server (files are deleted once read, and the image your session "
+                f"keeps after {held_seconds() / 60:g} minutes); please upload it again."
+            )
+        raise refusal("The file input must name a file uploaded to this server; upload it again.")
     file = Path(path)
     try:
         size = file.stat().st_size
         if size > MAX_UPLOAD_BYTES:
-            raise gr.Error(f"The file is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+            raise refusal(f"The file is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
         return file.read_bytes()
-    except OSError as err:
-        raise gr.Error("The uploaded file could not be read; please upload it again.") from err
-
-
-def _forget_upload(path: str | None) -> None:
-    """Delete the request's upload now (Gradio's own cache clean-up runs on a timer), never a file of ours."""
-    if not path:
-        return
-    file = Path(path).resolve()
-    if file.is_relative_to(_upload_folder()):
-        file.unlink(missing_ok=True)
+    except OSError:
+        raise refusal("The uploaded file could not be read; please upload it again.") from None
 
 
 _pool: DecodePool | None = None
@@ -105,18 +111,11 @@ def decode_pool() -> DecodePool:
         return _pool
 
 
-def _load(data: bytes, name: str | None):
-    try:
-        return decode_pool().load(data, name)
-    except ImageError as err:
-        raise gr.Error(str(err)) from None
-
-
 @dataclass(frozen=True)
 class LoadedUpload:
-    """An upload as the models see it: the decoded 8-bit image (none of the file's metadata), facts about it, and
-    the bundled example it is, if any. A session keeps its last one in memory (a `gr.State` with a time to live)
-    once the file is deleted, so the same upload can be compared again with other settings."""
+    """An upload as the models see it: the decoded 8-bit image at the models' input resolution (none of the file's
+    metadata, never the original's pixels), facts about the file, and the bundled example it is, if any. A session
+    holds its last one (`HeldImages`) once the file is deleted, so it can be compared again with other settings."""
 
     path: str | None
     image: Image.Image
@@ -124,20 +123,20 @@ class LoadedUpload:
     example: Example | None
 
 
-def load_upload(path: str | None, held: LoadedUpload | None = None) -> LoadedUpload:
-    """The upload at `path`: the session's held copy when it is that upload, else read and decoded from disk.
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) or None
 
-    A file that cannot be used is deleted at once and reported as a `gr.Error`.
-    """
-    if held is not None and path == held.path:
-        return held
-    try:
-        data = _read_upload(path)
-        image, info = _load(data, Path(path).name if path else None)  # the name: a preamble-less .dcm is DICOM
-    except gr.Error:
-        _forget_upload(path)
-        raise
-    return LoadedUpload(path, image, info, example_for(data))
+
+def _notice(loaded: LoadedUpload) -> str:
+    return rendering.notice_markdown(loaded.info, loaded.example.caption if loaded.example else None)
+
+
+@dataclass(frozen=True)
+class RefusedUpload:
+    """An upload that was refused, and why: the session's answer when the same path is sent again."""
+
+    path: str
+    message: str
 
 
 class Comparer:
@@ -148,6 +147,10 @@ class Comparer:
         self.names = model_set.checkpoints
         self.titles = {name: model_set.spec.checkpoint(name).display_title for name in self.names}
         decode_pool()  # the decoders start with the app, not on the first visitor's upload
+        self.resolution = model_set.input_resolution()
+        self.held: HeldImages[LoadedUpload | RefusedUpload] = HeldImages()
+        self._decoding_now: dict[str, threading.Event] = {}  # upload path → set when its decode is done
+        self._decoding_lock = threading.Lock()
         # The token-limit slider starts at the set's budget (what evaluation used); left there, every checkpoint
         # answers within its own recorded budget, exactly as it was evaluated.
         self.default_budget = model_set.spec.largest_budget
@@ -163,35 +166,98 @@ class Comparer:
         own = [("Each checkpoint's own prompt", OWN_PROMPT)] if self.default_prompt == OWN_PROMPT else []
         return own + [(f"{variant.name} ({key})", key) for key, variant in ALL_PROMPTS.items()]
 
-    def check(self, upload: str | None, *settings: Any) -> LoadedUpload:
-        """The page's first step: refuse a bad file or setting before `run`, so the error is one message
-        rather than an error badge on every output. A good upload goes to the session's state, so `run` does
-        not decode it again (its file is kept for `run`, which deletes it)."""
-        *settings, held = settings
-        self._decoding(*settings)
-        return load_upload(upload, held)
+    def load(self, path: Any, session: str | None) -> LoadedUpload:
+        """The upload at `path`: what the session holds when it is that upload, else read from disk and decoded
+        (at the models' input resolution) into the session. Whatever happens, the file is deleted here; a file
+        that cannot be used is a `gr.Error` with a message (the session remembers it for the same path)."""
+        with self._decoding_lock:  # the page's upload step may still be decoding this path: wait for it
+            decoding = self._decoding_now.get(path) if isinstance(path, str) else None
+        if decoding is not None:
+            decoding.wait()
+        held = self.held.get(session)
+        if held is not None and path is not None and path == held.path:
+            if isinstance(held, RefusedUpload):
+                raise refusal(held.message)
+            return held
+        done = threading.Event()
+        if isinstance(path, str):
+            with self._decoding_lock:
+                self._decoding_now[path] = done
+        try:
+            loaded = self._decode(path)
+            self.held.put(session, loaded)
+            return loaded
+        except gr.Error as err:
+            if isinstance(path, str):
+                self.held.put(session, RefusedUpload(path, str(err)))
+            raise
+        finally:  # after the session holds the outcome: a request waiting on this path finds it
+            if isinstance(path, str):
+                with self._decoding_lock:
+                    self._decoding_now.pop(path, None)
+            done.set()
+
+    def _decode(self, path: Any) -> LoadedUpload:
+        try:
+            data = _read_upload(path)
+        finally:  # read or refused, the upload goes (a gallery example's cached copy is not an upload: it stays)
+            for sent in path if isinstance(path, list) else [path]:
+                if isinstance(sent, str):
+                    uploads.ledger().discard(sent)
+        name = Path(path).name  # the name: a preamble-less .dcm is DICOM
+        try:
+            image, info = decode_pool().load(data, name, self.resolution)
+        except ImageError as err:
+            raise refusal(str(err)) from None
+        if self.resolution is None:  # a model set without one input size: hold no more than HELD_SIDE pixels a side
+            image.thumbnail((HELD_SIDE, HELD_SIDE))
+        return LoadedUpload(path, image, info, example_for(data))
+
+    def prepare(self, upload: Any, request: gr.Request | None = None) -> list[Any]:
+        """The page's step on an upload: decode it into the session at once (deleting its file) and show its preview.
+        A refusal is kept for the Compare button, which shows it: one message per click, not one more per upload."""
+        try:
+            loaded = self.load(upload, _session(request))
+        except gr.Error:
+            return [None, None]
+        return [rendering.preview_html(loaded.image, loaded.info), _notice(loaded)]
+
+    def forget(self, request: gr.Request | None = None) -> None:
+        """Drop what the session holds now: its tab was closed (``demo.unload``) or its upload cleared."""
+        self.held.forget(_session(request))
+
+    def check(
+        self,
+        upload: Any,
+        prompt: Any = OWN_PROMPT,
+        sampling: Any = False,
+        temperature: Any = DEFAULT_TEMPERATURE,
+        top_p: Any = DEFAULT_TOP_P,
+        max_new_tokens: Any = None,
+        request: gr.Request | None = None,
+    ) -> list[str]:
+        """The ``check`` endpoint, the page's first step on an upload and before each comparison: decode the upload
+        into the session (deleting its file) and refuse a bad file or setting as one message, rather than an error
+        badge on every output. Returns the preview and the notice."""
+        loaded = self.load(upload, _session(request))
+        self._decoding(prompt, sampling, temperature, top_p, max_new_tokens)
+        return [rendering.preview_html(loaded.image, loaded.info), _notice(loaded)]
 
     def run(
         self,
-        upload: str | None,
-        prompt: str = OWN_PROMPT,
-        sampling: bool = False,
-        temperature: float = DEFAULT_TEMPERATURE,
-        top_p: float = DEFAULT_TOP_P,
-        max_new_tokens: int | None = None,
-        held: LoadedUpload | None = None,
+        upload: Any,
+        prompt: Any = OWN_PROMPT,
+        sampling: Any = False,
+        temperature: Any = DEFAULT_TEMPERATURE,
+        top_p: Any = DEFAULT_TOP_P,
+        max_new_tokens: Any = None,
+        request: gr.Request | None = None,
     ) -> Iterator[list[Any]]:
-        """The ``compare`` endpoint: `compare` on the upload, whose file is deleted once read (not a bundled
-        example's: Gradio's cache holds one copy per content, shared with the gallery); the last output is the
-        session's `LoadedUpload` (a `gr.State`, invisible to API users). ``max_new_tokens`` None or the set's largest
-        budget (the slider's starting value) means each checkpoint within its own recorded budget, as evaluated."""
-        loaded = load_upload(upload, held)
-        if loaded.example is None:
-            _forget_upload(upload)
-        outputs_held: Any = loaded
-        for outputs in self.compare(loaded, prompt, sampling, temperature, top_p, max_new_tokens):
-            yield [*outputs, outputs_held]
-            outputs_held = gr.skip()
+        """The ``compare`` endpoint: `compare` on the upload (its file deleted once read, the decoded image held by the
+        session). ``max_new_tokens`` None or the set's largest budget (the slider's starting value) means each
+        checkpoint within its own recorded budget, as evaluated."""
+        loaded = self.load(upload, _session(request))
+        yield from self.compare(loaded, prompt, sampling, temperature, top_p, max_new_tokens)
 
     def compare(
         self,
@@ -209,7 +275,7 @@ class Comparer:
         unscored = example.unscored if example else ()
         n = len(self.names)
         preview = rendering.preview_html(image, info)
-        notice = rendering.notice_markdown(info, example.caption if example else None)
+        notice = _notice(loaded)
         yield [
             preview,
             notice,
@@ -259,19 +325,19 @@ class Comparer:
         """Check the settings a `gradio_client` user may send unchecked by the page's widgets: every malformed value
         is a message naming the setting (never echoing it back at length), not a raw exception."""
         if prompt is not None and not isinstance(prompt, str):
-            raise gr.Error("The prompt must be a prompt key (text), e.g. free_reasoning.")
+            raise refusal("The prompt must be a prompt key (text), e.g. free_reasoning.")
         if prompt not in ALL_PROMPTS and prompt not in (OWN_PROMPT, "", None):
             shown = prompt if len(prompt) <= 40 else prompt[:40] + "…"
-            raise gr.Error(f"Unknown prompt {shown!r}; choose one of {', '.join(ALL_PROMPTS)} or {OWN_PROMPT!r}.")
+            raise refusal(f"Unknown prompt {shown!r}; choose one of {', '.join(ALL_PROMPTS)} or {OWN_PROMPT!r}.")
         if not isinstance(sampling, bool):
-            raise gr.Error("sampling must be true or false.")
+            raise refusal("sampling must be true or false.")
         temperature, top_p = _number("temperature", temperature), _number("top_p", top_p)
         if max_new_tokens is not None:
             max_new_tokens = _number("max_new_tokens", max_new_tokens)
             if max_new_tokens != int(max_new_tokens) or not 1 <= max_new_tokens <= self.token_limit:
-                raise gr.Error(f"max_new_tokens must be a whole number between 1 and {self.token_limit}.")
+                raise refusal(f"max_new_tokens must be a whole number between 1 and {self.token_limit}.")
         if sampling and not (0 < temperature <= 2 and 0 < top_p <= 1):
-            raise gr.Error("Sampling needs 0 < temperature ≤ 2 and 0 < top-p ≤ 1.")
+            raise refusal("Sampling needs 0 < temperature ≤ 2 and 0 < top-p ≤ 1.")
         # None, or the slider's starting value: each checkpoint's own budget (the model set's record).
         budget = None if max_new_tokens is None or int(max_new_tokens) == self.default_budget else int(max_new_tokens)
         settings = GenerationSettings(budget, sampling, temperature, top_p)

@@ -40,14 +40,16 @@ table.agreement tr.disagree {background: #fff4cc}
 
 
 def preview_html(image: Image.Image, info: ImageInfo) -> str:
-    """The image as the models see it (greyscale, windowed), inline: nothing is written to disk."""
-    shown = image.copy()
-    shown.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    """The image as the models see it (greyscale, windowed, at their input resolution), drawn at the file's own
+    aspect ratio, inline: nothing is written to disk."""
+    scale = PREVIEW_SIDE / max(info.width, info.height)
+    shown = image.resize((max(1, round(info.width * scale)), max(1, round(info.height * scale))))
     buffer = io.BytesIO()
     shown.save(buffer, format="PNG")
     data = base64.b64encode(buffer.getvalue()).decode()
     view = f", view {escape(info.view)}" if info.view else ""
-    caption = f"{info.format}, {info.width}×{info.height}, {info.bits}-bit{view}"
+    seen = f"models see {image.width}×{image.height}"
+    caption = f"{info.format}, {info.width}×{info.height}, {info.bits}-bit{view} · {seen}"
     return (
         f'<div class="preview"><img alt="uploaded image, as the models see it" src="data:image/png;base64,{data}">'
         f'<div class="caption">{caption}</div></div>'

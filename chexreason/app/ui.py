@@ -7,12 +7,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
+from chexreason import decode_pool
 from chexreason.app import plots, rendering
-from chexreason.app.compare import MAX_UPLOAD_BYTES, Comparer
+from chexreason.app.compare import MAX_UPLOAD_BYTES, Comparer, refusal
 from chexreason.app.examples import SITE_NAMES, load_examples
+from chexreason.app.http_guard import UploadGuard
+from chexreason.app.sessions import held_seconds
+from chexreason.app.uploads import upload_input
 from chexreason.modeling import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
@@ -39,10 +45,19 @@ THEME = gr.themes.Soft(
 )
 
 
+def configure_logging() -> None:
+    """The served app's log: one line per comparison and per refusal (chexreason's loggers, at INFO), none per HTTP
+    request (httpx's). Leaves an already configured root logger alone."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def launch_options() -> dict:
     """Keyword arguments for `demo.launch` (Gradio 6 takes theme and css there, not in `gr.Blocks`). ``share`` is
-    False explicitly: Gradio would otherwise read ``GRADIO_SHARE`` and open a public tunnel off the machine."""
+    False explicitly: Gradio would otherwise read ``GRADIO_SHARE`` and open a public tunnel off the machine. The
+    `UploadGuard` middleware serves uploads and checks every request's file inputs (`chexreason.app.http_guard`)."""
     return {
+        "app_kwargs": {"middleware": [Middleware(UploadGuard, max_upload_bytes=MAX_UPLOAD_BYTES)]},
         "theme": THEME,
         "css": rendering.CSS,
         "max_file_size": MAX_UPLOAD_BYTES,
@@ -72,6 +87,7 @@ def build_demo(models: str | Path | ModelSet = DEFAULT_MODELS) -> gr.Blocks:
                 _training_tab(folder)
             with gr.Tab("About", id="about"):
                 _about_tab(model_set, folder)
+        demo.unload(comparer.forget)  # a closed tab's image goes now, not at the end of its time to live
     demo.queue(default_concurrency_limit=1, max_size=16)  # one generation at a time; a burst waits or is refused
     return demo
 
@@ -102,7 +118,7 @@ def _compare_tab(comparer: Comparer) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            upload = gr.File(label="PNG, JPEG or DICOM", elem_id="upload", type="filepath")
+            upload = upload_input(label="PNG, JPEG or DICOM", elem_id="upload")
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             preview = gr.HTML(elem_id="preview")
             notice = gr.Markdown(elem_id="notice")
@@ -115,11 +131,11 @@ def _compare_tab(comparer: Comparer) -> None:
                     allow_custom_value=True,  # so an unknown value reaches Comparer's check, which does not echo it
                 )
                 sampling = gr.Checkbox(False, label="Sample (off: greedy, as in the evaluation)", elem_id="sampling")
-                temperature = gr.Slider(
+                temperature = setting_slider(
                     0.05, 2.0, DEFAULT_TEMPERATURE, step=0.05, label="Temperature", elem_id="temperature"
                 )
-                top_p = gr.Slider(0.05, 1.0, DEFAULT_TOP_P, step=0.05, label="Top-p", elem_id="top-p")
-                max_new_tokens = gr.Slider(
+                top_p = setting_slider(0.05, 1.0, DEFAULT_TOP_P, step=0.05, label="Top-p", elem_id="top-p")
+                max_new_tokens = setting_slider(
                     min(16, comparer.default_budget), comparer.token_limit, comparer.default_budget, step=16,
                     elem_id="max-new-tokens",
                     label=f"Max new tokens (default {comparer.default_budget}: the budget the set was evaluated with)",
@@ -141,18 +157,31 @@ def _compare_tab(comparer: Comparer) -> None:
             agreement = gr.HTML(elem_id="agreement")
             with gr.Accordion("Result as JSON", open=False):
                 result = gr.JSON(elem_id="result")
-    held = gr.State(time_to_live=900)  # the session's last upload, decoded, to compare again (LoadedUpload)
-    inputs = [upload, prompt, sampling, temperature, top_p, max_new_tokens, held]
-    outputs = [preview, notice, *columns, agreement, result, held]
-    # The page checks the file first (a bad one is a single message); API users' calls to /compare check it too.
+    inputs = [upload, prompt, sampling, temperature, top_p, max_new_tokens]
+    outputs = [preview, notice, *columns, agreement, result]
+    # An upload is decoded into the session (and its file deleted) as soon as it arrives; the page checks the
+    # settings before each comparison (a bad one is a single message); API users' calls to /compare do both.
     # Both generating events share one slot: one generation at a time, and the queue's positions say so.
     generate = {"concurrency_limit": 1, "concurrency_id": "generate"}
-    compare_button.click(comparer.check, inputs, held, api_name="check", show_progress="hidden").success(
+    checked = {"show_progress": "hidden", "concurrency_limit": decode_pool.WORKERS, "concurrency_id": "decode"}
+    private = {"api_visibility": "private"}  # the page's own steps, not API endpoints
+    upload.upload(comparer.prepare, upload, [preview, notice], api_name="on_upload", **private, **checked)
+    upload.clear(comparer.forget, None, None, api_name="on_clear", **private)
+    compare_button.click(comparer.check, inputs, [preview, notice], api_name="check", **checked).success(
         comparer.run, inputs, outputs, api_name="compare", **generate
     )
     gallery.select(_pick_example, None, upload, api_name="example").then(
         comparer.run, inputs, outputs, api_name="compare_example", **generate
     )
+
+
+def setting_slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    """A `gr.Slider` whose value reaches the handler as sent: `Comparer` checks every setting and names the one that
+    is wrong, where Gradio's own check answers a missing or non-numeric value from an API caller with raw Python text.
+    (Replaced on the instance: Gradio writes a ``.pyi`` stub beside any module that subclasses a component.)"""
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = lambda payload: payload  # type: ignore[method-assign]
+    return slider
 
 
 def _pick_example(event: gr.EventData) -> str:
@@ -162,9 +191,7 @@ def _pick_example(event: gr.EventData) -> str:
     data = event._data if isinstance(getattr(event, "_data", None), dict) else {}
     index = data.get("index")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(examples):
-        raise gr.Error(
-            f"/example needs a click on one of the {len(examples)} gallery examples; call /compare instead."
-        )
+        raise refusal(f"/example needs a click on one of the {len(examples)} gallery examples; call /compare instead.")
     return str(examples[index].path)
 
 
@@ -282,6 +309,7 @@ def _about_tab(model_set: ModelSet, folder: Path | None) -> None:
         for c in spec.checkpoints
     )
     source = _shown_path(spec.source) if spec.source else "built in code"
+    held_minutes = held_seconds() / 60
     gr.Markdown(
         f"""## About
 {DISCLAIMER}
@@ -301,10 +329,15 @@ on 2 CPU cores); the paper-scale recipes are in `train/recipes/medgemma-4b/`. Ev
 Patients* ([arXiv 2512.23090]({PAPER_URL})): SFT on 2,000 teacher reasoning traces, then GRPO on 1,000 samples;
 GRPO gains in-distribution (CheXpert) and loses cross-dataset (NIH).
 
-**Privacy.** Uploaded files are deleted as soon as they are read (a file that cannot be used, at once); the
-preview is sent back inline and not stored. Your session keeps only the decoded greyscale image in memory, for
-15 minutes, so you can compare it again with other settings. DICOM metadata is neither kept, shown nor logged,
-except the view position (to warn about lateral films). Nothing leaves this machine.
+**Privacy.** *Your file* is deleted as soon as the server has read it (on this page: the moment it arrives),
+and whenever a request is refused, cancelled or turned away; an upload no request reads goes after a minute.
+*The image* the models see — greyscale, at their input resolution, no metadata — is kept in the server's memory
+for your session, so you can compare again: until you close this tab or clear the upload, and at most
+{held_minutes:g} minutes after the upload. DICOM metadata is neither kept, shown nor logged, except the view
+position (to warn about lateral films). The log has one line per comparison or refusal, never your data. Gradio
+itself keeps the public example images and, while a request waits or runs, its values in memory. Nothing leaves
+this machine: no analytics, no fonts from the web, no URL fetched for you. The hosting platform's own request
+logs are outside this app.
 """
     )
     card = folder / MODEL_CARD if folder else None
