@@ -54,17 +54,18 @@ class DecodePool:
             self._idle.put(_Worker(memory_bytes))
 
     def load(
-        self, data: bytes, name: str | None = None, resize: Resize | None = None
+        self, data: bytes, name: str | None = None, resize: Resize | None = None, max_side: int | None = None
     ) -> tuple[Image.Image, ImageInfo]:
         """`chexreason.images.load_image_with_info` of the file's bytes, in a worker; with `resize`, the image comes
-        back at that size (the full-size image never reaches this process). `ImageInfo` keeps the file's own size.
+        back at that size, with `max_side`, shrunk to fit within it (either way the full-size image never reaches
+        this process). `ImageInfo` keeps the file's own size.
 
         Raises:
             ImageError: the file is refused (the worker's message), or its decoding ran out of time or memory.
         """
         worker = self._idle.get()
         try:
-            return worker.load(data, name, resize, self.seconds)
+            return worker.load(data, name, {"resize": resize, "max_side": max_side}, self.seconds)
         except _WorkerLost as lost:
             logger.warning("decode worker %s (%s): starting a new one", lost, f"{len(data)} bytes")
             worker.kill()
@@ -96,13 +97,11 @@ class _Worker:
         )
         self.ready = False
 
-    def load(
-        self, data: bytes, name: str | None, resize: Resize | None, seconds: float
-    ) -> tuple[Image.Image, ImageInfo]:
+    def load(self, data: bytes, name: str | None, fit: dict, seconds: float) -> tuple[Image.Image, ImageInfo]:
         self._wait_until_ready()
         deadline = time.monotonic() + seconds
         try:
-            _send(self.process.stdin, {"name": name, "size": len(data), "resize": resize}, data)
+            _send(self.process.stdin, {"name": name, "size": len(data), **fit}, data)
             header = _read_header(self.process.stdout, deadline)
             size = (int(header["width"]), int(header["height"])) if header.get("ok") else (0, 0)
             pixels = _receive(self.process.stdout, size[0] * size[1], deadline)
@@ -198,6 +197,8 @@ def _serve(memory_bytes: int) -> None:
             if header.get("resize"):
                 width, height, resample = header["resize"]
                 image = image.resize((int(width), int(height)), Image.Resampling(int(resample)))
+            elif header.get("max_side"):
+                image.thumbnail((int(header["max_side"]), int(header["max_side"])))
             _send(stdout, {"ok": True, "width": image.width, "height": image.height, "info": asdict(info)},
                   image.tobytes())  # fmt: skip
         except ImageError as err:

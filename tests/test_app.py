@@ -152,8 +152,10 @@ def test_uploads_are_deleted_after_the_request(served, tmp_path):
 
     path = tmp_path / f"probe-{uuid.uuid4().hex}.png"
     Image.new("L", (64, 64), 90).save(path)  # not a bundled example (those are kept: the gallery shares them)
+    stored = Path(gradio.utils.get_upload_folder()).glob  # where the app stores uploads (other runs' too)
+    before = set(stored("upload-*/*"))
     _compare(served, path)
-    leftovers = list(Path(gradio.utils.get_upload_folder()).rglob(path.name))
+    leftovers = set(stored("upload-*/*")) - before
     assert not leftovers, f"upload kept at {leftovers}"
 
 
@@ -162,9 +164,11 @@ def test_rejected_uploads_are_deleted_at_once(served, tmp_path):
 
     path = tmp_path / f"rejected-{uuid.uuid4().hex}.png"
     path.write_bytes(b"not an image at all")
+    stored = Path(gradio.utils.get_upload_folder()).glob
+    before = set(stored("upload-*/*"))
     with pytest.raises(Exception, match="not a PNG"):
         served.predict(handle_file(str(path)), api_name="/check")  # the page's first step
-    assert not list(Path(gradio.utils.get_upload_folder()).rglob(path.name))
+    assert not set(stored("upload-*/*")) - before
 
 
 def test_a_closed_tabs_image_is_dropped_at_once(app_url, tmp_path):

@@ -32,6 +32,15 @@ def pool():
     decoders.close()
 
 
+def test_a_worker_sends_back_only_the_size_asked_for(pool):
+    expected, expected_info = load_image_with_info(SMALL)  # 256 x 64
+    image, info = pool.load(SMALL, resize=(112, 112, Image.Resampling.BILINEAR))
+    assert image.size == (112, 112) and info == expected_info  # the info keeps the file's own size
+    assert image.tobytes() == expected.resize((112, 112), Image.Resampling.BILINEAR).tobytes()
+    image, _ = pool.load(SMALL, max_side=128)
+    assert image.size == (128, 32)
+
+
 def test_a_worker_decodes_as_the_library_does(pool):
     image, info = pool.load(SMALL)
     expected, expected_info = load_image_with_info(SMALL)

@@ -43,6 +43,7 @@ class Server:
     url: str
     process: subprocess.Popen
     uploads: Path  # its GRADIO_TEMP_DIR
+    tmp: Path  # its TMPDIR
     dns_log: Path
     log: Path
 
@@ -68,9 +69,10 @@ class Server:
         Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
 
     def files(self) -> list[Path]:
-        """Files in the upload folder other than Gradio's cached gallery examples."""
+        """Files in the upload and temporary folders other than Gradio's cached gallery examples."""
         names = {example.path.name for example in load_examples()}
-        return [p for p in self.uploads.rglob("*") if p.is_file() and p.name not in names]
+        found = [*self.uploads.rglob("*"), *self.tmp.rglob("*")]
+        return [p for p in found if p.is_file() and p.name not in names]
 
     def upload(self, name: str, data: bytes) -> str:
         return raw_api.upload(self.url, name, data)
@@ -102,13 +104,15 @@ def server(tmp_path_factory) -> Server:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log, dns_log = folder / "server.log", folder / "dns.log"
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(folder / "uploads"), "CHEXREASON_SESSION_TTL": str(TTL),
+    (folder / "tmp").mkdir()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(folder / "uploads"), "TMPDIR": str(folder / "tmp"),
+           "CHEXREASON_SESSION_TTL": str(TTL),
            "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MB of address space per thread arena otherwise
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     command = [sys.executable, str(ROOT / "tests" / "serve_app.py"), str(port), str(SERVER_HEADROOM), str(dns_log)]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}/", process, folder / "uploads", dns_log, log)
+    server = Server(f"http://127.0.0.1:{port}/", process, folder / "uploads", folder / "tmp", dns_log, log)
     deadline = time.monotonic() + 180
     while True:
         if process.poll() is not None:
@@ -204,7 +208,19 @@ def test_a_large_film_is_decoded_in_a_worker_and_only_the_model_resolution_is_he
     assert "PNG, 7000×7000" in preview and "models see 112×112" in preview
     assert server.peak() - server.rss() < PER_UPLOAD_RSS  # the 49 MP decode happened in a worker
     assert server.rss() < TOTAL_RSS
-    assert watch.latencies and not watch.failures and max(watch.latencies) < 3
+    assert watch.latencies and not watch.failures and max(watch.latencies) < 5  # answered, not queued behind it
+
+
+def test_many_sessions_hold_little(server, tmp_path):
+    """Each session holds its image at the models' resolution: 24 visitors with 4-megapixel films add little."""
+    film = tmp_path / "film.png"
+    film.write_bytes(_big_film(2000, 2000))
+    before = _status_bytes(server.process.pid, "VmRSS:")  # the server itself (the workers decode and let go)
+    for _ in range(24):
+        Client(server.url, verbose=False).predict(handle_file(str(film)), api_name="/check")
+    grown = _status_bytes(server.process.pid, "VmRSS:") - before
+    print(f"24 sessions holding a 4 MP film each: server RSS +{grown / 2**20:.1f} MB")
+    assert grown < 24 * 4 * 2**20 / 2  # under half of what the originals (4 MB each) would need
 
 
 def test_two_visitors_decode_at_once_and_each_gets_their_own_image(server, tmp_path):
@@ -254,7 +270,7 @@ def test_a_sessions_image_is_gone_after_its_time_to_live(server, tmp_path):
     assert event == "complete", output  # compared from what the session holds
     event, output = server.call("compare", [_file(path), *_settings(max_new_tokens=16)], "another-session")
     assert event == "error" and "no longer on the server" in str(output)  # another visitor cannot use it
-    time.sleep(TTL * 1.25 + 1)  # the sweeper drops it without a request (a closed tab's session too)
+    time.sleep(TTL + 0.2)  # expired: none is held past its time to live (the sweeper's test: test_sessions.py)
     event, output = server.call("compare", [_file(path), *_settings(max_new_tokens=16)], session)
     assert event == "error" and "no longer on the server" in str(output), output
 
@@ -297,7 +313,7 @@ def test_no_upload_outlives_its_request_whatever_the_path(server, client, tmp_pa
             outcomes.append("done")
         except Exception as err:  # gradio_client's QueueError
             outcomes.append(type(err).__name__)
-    assert "done" in outcomes
+    assert "done" in outcomes and "QueueError" in outcomes, outcomes
     assert not server.files()
 
 
@@ -309,7 +325,7 @@ def _wait_until(condition, message: str, seconds: float = 10) -> None:
 
 
 def test_aborted_and_oversized_uploads_leave_nothing(server):
-    before = set(server.uploads.rglob("*"))
+    before = {*server.uploads.rglob("*"), *server.tmp.rglob("*")}
     host, port = server.url.removeprefix("http://").rstrip("/").split(":")
     boundary = "probe"
     head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="cut.png"\r\n'
@@ -323,7 +339,7 @@ def test_aborted_and_oversized_uploads_leave_nothing(server):
         )
         time.sleep(0.5)
     time.sleep(0.5)
-    assert set(server.uploads.rglob("*")) == before, "an aborted upload left a file behind"
+    assert {*server.uploads.rglob("*"), *server.tmp.rglob("*")} == before, "an aborted upload left a file behind"
 
     def body():  # more than the limit, whatever a Content-Length header would say
         yield head
@@ -334,7 +350,12 @@ def test_aborted_and_oversized_uploads_leave_nothing(server):
     answer = httpx.post(f"{server.url}gradio_api/upload", content=body(), timeout=60,
                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
     assert answer.status_code == 413 and "100 MB" in answer.text
-    assert set(server.uploads.rglob("*")) == before
+    assert {*server.uploads.rglob("*"), *server.tmp.rglob("*")} == before
+    # Gradio's other multipart routes would write the file where the app never looks: refused unread.
+    for route in ("process_recording", "component_server", "queue/join"):
+        answer = httpx.post(f"{server.url}gradio_api/{route}", files=[("video", ("v.mp4", b"\0" * 2**20))])
+        assert answer.status_code == 415 and "uploaded to /gradio_api/upload only" in answer.text, route
+    assert {*server.uploads.rglob("*"), *server.tmp.rglob("*")} == before
 
 
 # --------------------------------------------------------------------------------------- malformed calls
@@ -357,6 +378,21 @@ def test_malformed_api_calls_are_messages(server, client):
     assert event == "refused"
     huge = httpx.post(f"{server.url}gradio_api/call/compare", json={"data": [None, "x" * 2**20]}, timeout=30)
     assert huge.status_code == 422 and len(huge.text) < 500
+    echo = httpx.post(f"{server.url}gradio_api/queue/join", json={"data": [], "fn_index": "Z" * 60_000})
+    assert echo.status_code == 422 and "ZZZZ" not in echo.text  # FastAPI's validation answer, without the echo
+    # Files where the endpoint takes none, too few values, two files, a malformed file object: messages, and the
+    # uploads named are deleted with the refusal.
+    for data, words in [
+        (lambda p: [None, _file(p), False, 0.7, 0.9, 16], "Only the upload input takes a file"),
+        (lambda p: [_file(p)], "takes 6 values"),
+        (lambda p: [[_file(p), _file(p)], *_settings()], "must be one file object"),
+        (lambda p: [{**_file(p), "size": "not a number"}, *_settings()], "must be one file object"),
+    ]:
+        path = server.upload("probe.png", load_examples()[0].path.read_bytes())
+        event, output = server.call("compare", data(path))
+        if words:
+            assert event == "refused" and words in json.dumps(output), (words, output)
+        _wait_until(lambda path=path: not Path(path).exists(), f"the upload of a refused request was kept ({words})")
     with pytest.raises(Exception, match="needs a click on one of the 6 gallery examples"):
         client.predict(api_name="/example")
 
@@ -374,6 +410,18 @@ def test_no_request_leaves_the_machine_for_a_url_input(server):
         join = httpx.post(f"{server.url}gradio_api/queue/join",
                           json={"data": [_file(url), *_settings()], "fn_index": 0, "session_hash": "dns"})  # fmt: skip
         assert join.status_code == 422
+    for url in ("http://probe-get.invalid/x.png", "//probe-get.invalid/x.png"):  # Gradio would fetch these
+        for method in ("GET", "HEAD"):
+            answer = httpx.request(method, f"{server.url}gradio_api/file={url}")
+            assert answer.status_code == 403 and "probe-get" not in answer.text, (method, url)
+    assert httpx.get(f"{server.url}gradio_api/proxy=http://probe-get.invalid/").status_code == 403
+    # Gradio's run history would upload a run to a Hugging Face bucket a client names in a header: it is off.
+    assert httpx.get(f"{server.url}config").json()["run_history"] is False
+    path = server.upload("history.png", load_examples()[0].path.read_bytes())
+    answer = httpx.post(f"{server.url}gradio_api/call/check", headers={"x-gradio-history-bucket": "probe/bucket"},
+                        json={"data": [_file(path), *_settings()]})  # fmt: skip
+    assert answer.status_code == 200
+    httpx.get(f"{server.url}gradio_api/call/check/{answer.json()['event_id']}", timeout=60)
     looked_up = set(server.dns_log.read_text().split()) if server.dns_log.exists() else set()
     assert looked_up <= LOCAL_HOSTS, f"the server resolved {looked_up - LOCAL_HOSTS}"
 

@@ -60,7 +60,9 @@ def test_uploads_get_their_own_folders_and_go_when_discarded_or_overdue(tmp_path
     second = ledger.store("film.png", io.BytesIO(b"same bytes"))
     assert first != second and first.read_bytes() == second.read_bytes() == b"same bytes"
     hidden = ledger.store("../../.bashrc", io.BytesIO(b"x"))
-    assert hidden.parent.parent == tmp_path and not hidden.name.startswith(".")
+    assert hidden.parent.parent == tmp_path and hidden.name == "upload"
+    named = ledger.store("Doe^Jane 1962-03-04.DCM", io.BytesIO(b"x"))  # a file name kept nowhere, its extension kept
+    assert named.name == "upload.dcm"
     ledger.discard(first)
     assert not first.exists() and not first.parent.exists() and ledger.issued(first) and not ledger.on_disk(first)
     ledger.claim("event-1", [str(second)])
@@ -83,3 +85,28 @@ def test_the_model_resolution_image_gives_the_processor_the_same_pixels(models):
     held = original.resize((width, height), Image.Resampling(resample))
     pixels = [processor(images=[im.convert("RGB")], return_tensors="np")["pixel_values"] for im in (original, held)]
     np.testing.assert_array_equal(*pixels)
+
+
+def test_an_events_uploads_go_when_its_result_stream_says_it_ended_or_closes(tmp_path, monkeypatch):
+    import asyncio
+
+    from chexreason.app import http_guard
+
+    ledger = uploads.UploadLedger(tmp_path)
+    monkeypatch.setattr(uploads, "_ledger", ledger)
+    done, dropped = (ledger.store(name, io.BytesIO(b"z")) for name in ("done.png", "dropped.png"))
+    ledger.claim("event-done", [str(done)], "visitor")
+    ledger.claim("event-dropped", [str(dropped)], "visitor")
+
+    async def nowhere(message):
+        pass
+
+    scope = {"path": "/gradio_api/queue/data", "query_string": b"session_hash=visitor"}
+    watch = http_guard._CompletionWatch(scope, nowhere)
+    message = b'data: {"msg": "process_completed", "event_id": "event-done", "success": false}\n\n'
+    for chunk in (message[:20], message[20:]):  # a line split across chunks
+        asyncio.run(watch({"type": "http.response.body", "body": chunk, "more_body": True}))
+    assert not done.exists() and dropped.exists()
+    asyncio.run(watch({"type": "http.response.body", "body": b"", "more_body": False}))  # the stream closed
+    assert not dropped.exists()
+    ledger.close()

@@ -148,7 +148,8 @@ class Comparer:
         self.titles = {name: model_set.spec.checkpoint(name).display_title for name in self.names}
         decode_pool()  # the decoders start with the app, not on the first visitor's upload
         self.resolution = model_set.input_resolution()
-        self.held: HeldImages[LoadedUpload | RefusedUpload] = HeldImages()
+        self.held: HeldImages[LoadedUpload] = HeldImages()
+        self.refused: HeldImages[RefusedUpload] = HeldImages()  # apart: a refusal never pushes out an image
         self._decoding_now: dict[str, threading.Event] = {}  # upload path → set when its decode is done
         self._decoding_lock = threading.Lock()
         # The token-limit slider starts at the set's budget (what evaluation used); left there, every checkpoint
@@ -170,32 +171,39 @@ class Comparer:
         """The upload at `path`: what the session holds when it is that upload, else read from disk and decoded
         (at the models' input resolution) into the session. Whatever happens, the file is deleted here; a file
         that cannot be used is a `gr.Error` with a message (the session remembers it for the same path)."""
-        with self._decoding_lock:  # the page's upload step may still be decoding this path: wait for it
-            decoding = self._decoding_now.get(path) if isinstance(path, str) else None
-        if decoding is not None:
-            decoding.wait()
-        held = self.held.get(session)
-        if held is not None and path is not None and path == held.path:
-            if isinstance(held, RefusedUpload):
-                raise refusal(held.message)
-            return held
-        done = threading.Event()
-        if isinstance(path, str):
+        key = path if isinstance(path, str) else None
+        while True:  # the page's upload step may be decoding this very upload: wait for it, then use its outcome
             with self._decoding_lock:
-                self._decoding_now[path] = done
+                mine = threading.Event()
+                decoding = self._decoding_now.setdefault(key, mine) if key else mine
+            if decoding is mine:
+                break
+            decoding.wait()
+            if (outcome := self._held_outcome(path, session)) is not None:
+                return outcome
         try:
+            if (outcome := self._held_outcome(path, session)) is not None:
+                return outcome
             loaded = self._decode(path)
             self.held.put(session, loaded)
             return loaded
         except gr.Error as err:
-            if isinstance(path, str):
-                self.held.put(session, RefusedUpload(path, str(err)))
+            if key:
+                self.refused.put(session, RefusedUpload(key, str(err)))
             raise
         finally:  # after the session holds the outcome: a request waiting on this path finds it
-            if isinstance(path, str):
+            if key:
                 with self._decoding_lock:
-                    self._decoding_now.pop(path, None)
-            done.set()
+                    del self._decoding_now[key]
+            mine.set()
+
+    def _held_outcome(self, path: Any, session: str | None) -> LoadedUpload | None:
+        """What the session holds for `path`: its decoded image, or (raised again) the refusal it met."""
+        refused = self.refused.get(session)
+        if refused is not None and path == refused.path:
+            raise refusal(refused.message)
+        held = self.held.get(session)
+        return held if held is not None and path is not None and path == held.path else None
 
     def _decode(self, path: Any) -> LoadedUpload:
         try:
@@ -206,11 +214,10 @@ class Comparer:
                     uploads.ledger().discard(sent)
         name = Path(path).name  # the name: a preamble-less .dcm is DICOM
         try:
-            image, info = decode_pool().load(data, name, self.resolution)
+            # A model set without one input size: the image is held at no more than HELD_SIDE pixels a side.
+            image, info = decode_pool().load(data, name, self.resolution, None if self.resolution else HELD_SIDE)
         except ImageError as err:
             raise refusal(str(err)) from None
-        if self.resolution is None:  # a model set without one input size: hold no more than HELD_SIDE pixels a side
-            image.thumbnail((HELD_SIDE, HELD_SIDE))
         return LoadedUpload(path, image, info, example_for(data))
 
     def prepare(self, upload: Any, request: gr.Request | None = None) -> list[Any]:
@@ -225,6 +232,7 @@ class Comparer:
     def forget(self, request: gr.Request | None = None) -> None:
         """Drop what the session holds now: its tab was closed (``demo.unload``) or its upload cleared."""
         self.held.forget(_session(request))
+        self.refused.forget(_session(request))
 
     def check(
         self,

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from fastapi.exceptions import RequestValidationError
 from starlette.middleware import Middleware
 
 from chexreason import decode_pool
 from chexreason.app import plots, rendering
 from chexreason.app.compare import MAX_UPLOAD_BYTES, Comparer, refusal
 from chexreason.app.examples import SITE_NAMES, load_examples
-from chexreason.app.http_guard import UploadGuard
+from chexreason.app.http_guard import UploadGuard, validation_error
 from chexreason.app.sessions import held_seconds
 from chexreason.app.uploads import upload_input
 from chexreason.modeling import (
@@ -54,15 +55,22 @@ def configure_logging() -> None:
 
 def launch_options() -> dict:
     """Keyword arguments for `demo.launch` (Gradio 6 takes theme and css there, not in `gr.Blocks`). ``share`` is
-    False explicitly: Gradio would otherwise read ``GRADIO_SHARE`` and open a public tunnel off the machine. The
+    False explicitly: Gradio would otherwise read ``GRADIO_SHARE`` and open a public tunnel off the machine; so is
+    ``run_history``. The
     `UploadGuard` middleware serves uploads and checks every request's file inputs (`chexreason.app.http_guard`)."""
     return {
-        "app_kwargs": {"middleware": [Middleware(UploadGuard, max_upload_bytes=MAX_UPLOAD_BYTES)]},
+        "app_kwargs": {
+            "middleware": [Middleware(UploadGuard, max_upload_bytes=MAX_UPLOAD_BYTES)],
+            "exception_handlers": {RequestValidationError: validation_error},
+        },
         "theme": THEME,
         "css": rendering.CSS,
         "max_file_size": MAX_UPLOAD_BYTES,
         "show_error": True,
         "share": False,
+        # Gradio 6's run history would save each run's inputs and outputs (the X-ray among them) in the visitor's
+        # browser, or, if a client names a Hugging Face bucket, upload them there from this server.
+        "run_history": False,
     }
 
 

@@ -3,9 +3,10 @@
 Every upload is written by `UploadLedger.store` (called by the app's HTTP guard, `chexreason.app.http_guard`, which
 serves Gradio's upload route) to a folder of its own with an unguessable name inside Gradio's upload folder — so two
 visitors uploading the same bytes under the same name get two files, and one visitor cannot name another's. A file
-is deleted by the request that reads it (`discard`), by the guard when its request is refused or cancelled, and
-otherwise by the ledger's sweeper: `GRACE_SECONDS` after its upload when no request named it, `QUEUED_SECONDS` when a
-request named it but never ran (its visitor left the queue). The names of deleted uploads are remembered for the
+is deleted by the request that reads it (`discard`); by the guard when its request is refused, cancelled, ends
+(`release`) or is dropped with its visitor's result stream (`release_session`); otherwise by the ledger's sweeper:
+`GRACE_SECONDS` after its upload when no request named it, `QUEUED_SECONDS` after a request named it. At most
+`MAX_STORED_BYTES` are on disk at once. The names of deleted uploads are remembered for the
 day (as digests: no file name is kept), so a request naming one is told the file is gone rather than refused as
 foreign.
 """
@@ -13,6 +14,7 @@ foreign.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import shutil
 import threading
@@ -27,6 +29,7 @@ from gradio_client.utils import strip_invalid_filename_characters
 
 from chexreason.app.examples import load_examples
 
+MAX_STORED_BYTES = 2**30  # uploads on disk at once, all visitors together: ten of the largest
 GRACE_SECONDS = 60.0  # from upload to the request that reads it: the page and gradio_client send it at once
 QUEUED_SECONDS = 30 * 60.0  # the longest a request may wait in the queue (16 places × a long generation)
 SWEEP_SECONDS = 5.0
@@ -40,6 +43,10 @@ def upload_folder() -> Path:
     return Path(gr.utils.get_upload_folder()).resolve()
 
 
+class UploadLedgerFull(Exception):
+    """The uploads on disk already take `MAX_STORED_BYTES`: the message is for the visitor."""
+
+
 class UploadLedger:
     """The uploads on disk and the names of those already deleted."""
 
@@ -47,23 +54,36 @@ class UploadLedger:
         self.folder = folder or upload_folder()
         self._on_disk: dict[Path, float] = {}  # upload → when it may be deleted unread
         self._events: dict[str, list[Path]] = {}  # queued request id → the uploads it names
+        self._sessions: dict[str, set[str]] = {}  # session → its queued requests' ids
+        self._bytes: dict[Path, int] = {}
         self._gone: OrderedDict[str, float] = OrderedDict()  # digest of a deleted upload's path → when forgotten
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         threading.Thread(target=self._sweep_until_stopped, name="upload-sweeper", daemon=True).start()
 
     def store(self, name: str | None, source: BinaryIO) -> Path:
-        """Write an upload to a new folder of its own; returns its path."""
-        safe = strip_invalid_filename_characters(Path(name or "").name)[:120] or "upload"
-        if safe.startswith("."):  # Gradio will not serve dot files; a name is only a hint for the format
-            safe = "upload" + safe
+        """Write an upload to a new folder of its own; returns its path.
+
+        Raises:
+            UploadLedgerFull: the uploads on disk would take more than `MAX_STORED_BYTES`.
+        """
+        size = source.seek(0, 2)
+        source.seek(0)
+        with self._lock:
+            if sum(self._bytes.values()) + size > MAX_STORED_BYTES:
+                raise UploadLedgerFull("The server holds too many uploads right now; please try again in a minute.")
+        # Stored as upload.<extension>: a visitor's file name (often a patient's name) is kept nowhere, not even in
+        # Gradio's memory of served paths; the extension alone tells a preamble-less .dcm apart.
+        suffix = Path(strip_invalid_filename_characters(Path(name or "").name)).suffix.lower()
+        suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
         folder = self.folder / f"upload-{secrets.token_hex(16)}"
         folder.mkdir(parents=True)
-        path = folder / safe
+        path = folder / f"upload{suffix}"
         with path.open("xb") as out:
             shutil.copyfileobj(source, out, 2**20)
         with self._lock:
             self._on_disk[path] = time.monotonic() + GRACE_SECONDS
+            self._bytes[path] = size
         return path
 
     def issued(self, path: str | Path) -> bool:
@@ -76,8 +96,8 @@ class UploadLedger:
         with self._lock:
             return _key(path) in self._on_disk
 
-    def claim(self, event_id: str, paths: list[str]) -> None:
-        """A queued request named these uploads: keep them until it runs (or `QUEUED_SECONDS`)."""
+    def claim(self, event_id: str, paths: list[str], session: str | None = None) -> None:
+        """A queued request named these uploads: keep them until it ends (or `QUEUED_SECONDS`)."""
         keys = [_key(path) for path in paths]
         deadline = time.monotonic() + QUEUED_SECONDS
         with self._lock:
@@ -85,13 +105,22 @@ class UploadLedger:
                 if key in self._on_disk:
                     self._on_disk[key] = max(self._on_disk[key], deadline)
             self._events[event_id] = keys
+            if session:
+                self._sessions.setdefault(session, set()).add(event_id)
 
     def release(self, event_id: str) -> None:
-        """The request was cancelled: delete the uploads it named."""
+        """The request ended (completed, failed or cancelled): delete the uploads it named."""
         with self._lock:
             keys = self._events.pop(event_id, [])
         for key in keys:
             self.discard(key)
+
+    def release_session(self, session: str) -> None:
+        """The session's result stream closed, and Gradio dropped its queued requests: delete their uploads."""
+        with self._lock:
+            events = self._sessions.pop(session, set())
+        for event_id in events:
+            self.release(event_id)
 
     def discard(self, path: str | Path | None) -> None:
         """Delete an upload now (its folder too); a path that is not an upload is left alone."""
@@ -101,6 +130,7 @@ class UploadLedger:
         with self._lock:
             if self._on_disk.pop(key, None) is None:
                 return
+            self._bytes.pop(key, None)
             self._gone[_digest(key)] = time.monotonic() + REMEMBER_SECONDS
             while len(self._gone) > MAX_REMEMBERED:
                 self._gone.popitem(last=False)
@@ -119,6 +149,9 @@ class UploadLedger:
                 self._gone.popitem(last=False)
             self._events = {
                 event: keys for event, keys in self._events.items() if any(key in self._on_disk for key in keys)
+            }
+            self._sessions = {
+                session: live for session, events in self._sessions.items() if (live := events & self._events.keys())
             }
         for path in overdue:
             self.discard(path)
