@@ -193,6 +193,8 @@ def test_hostile_files_are_refused_in_a_worker_within_the_memory_budget(server, 
         with ConfigWatch(server) as watch, pytest.raises(Exception) as caught:
             client.predict(handle_file(str(path)), api_name="/check")
         assert words in str(caught.value).lower(), f"{name}: {caught.value}"
+        print(f"{name}: server peak +{(server.peak() - server.rss()) / 2**20:.0f} MB over its RSS; "
+              f"app processes {server.rss() / 2**30:.2f} GB")  # fmt: skip
         assert server.peak() - server.rss() < PER_UPLOAD_RSS, name
         assert server.rss() < TOTAL_RSS, name
         assert watch.latencies and not watch.failures, f"{name}: page loads failed while it was refused"
@@ -206,6 +208,8 @@ def test_a_large_film_is_decoded_in_a_worker_and_only_the_model_resolution_is_he
     with ConfigWatch(server) as watch:
         preview, _ = client.predict(handle_file(str(film)), api_name="/check")
     assert "PNG, 7000×7000" in preview and "models see 112×112" in preview
+    peak, total = (server.peak() - server.rss()) / 2**20, server.rss() / 2**30
+    print(f"49 MP film: server peak +{peak:.0f} MB over its RSS; app processes {total:.2f} GB")
     assert server.peak() - server.rss() < PER_UPLOAD_RSS  # the 49 MP decode happened in a worker
     assert server.rss() < TOTAL_RSS
     assert watch.latencies and not watch.failures and max(watch.latencies) < 5  # answered, not queued behind it

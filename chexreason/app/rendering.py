@@ -21,7 +21,8 @@ LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"})
 
 # Styles for the pieces below; passed to launch(css=...) (Gradio 6 takes css at launch).
 CSS = """
-.preview img {max-width: 100%; max-height: 360px; display: block; margin: auto; border-radius: 4px}
+.preview img {width: 100%; height: auto; max-height: 360px; object-fit: contain; display: block; margin: auto;
+              border-radius: 4px}
 .preview .caption {font-size: 0.85em; opacity: 0.8; text-align: center}
 .chips {display: flex; flex-wrap: wrap; gap: 4px; min-height: 2em}
 .chip {border-radius: 999px; padding: 2px 10px; font-size: 0.85em; border: 1px solid #888}
@@ -42,7 +43,8 @@ table.agreement tr.disagree {background: #fff4cc}
 def preview_html(image: Image.Image, info: ImageInfo) -> str:
     """The image as the models see it (greyscale, windowed, at their input resolution), drawn at the file's own
     aspect ratio, inline: nothing is written to disk."""
-    scale = PREVIEW_SIDE / max(info.width, info.height)
+    # No larger than what the models see (the browser scales it up): upscaled pixels would only cost bytes.
+    scale = min(PREVIEW_SIDE, max(image.size)) / max(info.width, info.height)
     shown = image.resize((max(1, round(info.width * scale)), max(1, round(info.height * scale))))
     buffer = io.BytesIO()
     shown.save(buffer, format="PNG")
