@@ -489,6 +489,16 @@ def test_nih_bad_rows_are_counted(tmp_path, bad_row, kind, example):
     _accounted(result.summary)
 
 
+@pytest.mark.parametrize("where", [1, 3])  # a stray quote in the first data row, or further down
+def test_a_stray_quote_is_an_error_naming_its_line_not_rows_swallowed(tmp_path, where):
+    rows = list(NIH_ROWS)
+    rows[where] = rows[where].replace("00000", '"00000', 1)  # an unmatched quote opens a field that never closes
+    csv_path = _nih_csv(tmp_path / "Data_Entry_2017.csv", rows)
+    _nih_images(tmp_path, NIH_NAMES)
+    with pytest.raises(DatasetError, match=rf"line {where + 2}: an unmatched quote joins lines {where + 2}-"):
+        read_nih(csv_path, tmp_path)
+
+
 def test_nih_header_trailing_comma_but_row_without_it(tmp_path):
     # A hand-edited 2017 copy: the header keeps its trailing empty column, one line lost its comma.
     csv_path = _nih_csv(tmp_path / "Data_Entry_2017.csv", NIH_ROWS[:2])

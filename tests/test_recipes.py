@@ -268,3 +268,20 @@ def test_every_sft_recipe_departs_only_where_it_says(recipe):
     # Where SFTConfig's default is not the paper's value, the recipe writes its value out.
     defaults = {f.name: f.default for f in dataclasses.fields(SFTStageConfig) if f.name in PAPER_SFT}
     assert {name for name, default in defaults.items() if default != PAPER_SFT[name]} <= set(yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("recipe", ALL_GRPO)
+def test_every_grpo_recipe_checkpoints_where_a_resume_samples_as_the_run_would(recipe):
+    """TRL samples every steps_per_generation x num_iterations micro-batches and at once after a resume: a checkpoint
+    between two samplings would make a resumed run differ. Every shipped recipe saves on a sampling boundary."""
+    _, config = parse((ModelArguments, GRPOStageConfig), recipe)
+    every = config.steps_per_generation * config.num_iterations
+    assert (config.save_steps * config.gradient_accumulation_steps) % every == 0
+
+
+def test_a_save_interval_between_samplings_is_refused_at_start():
+    from train import grpo
+
+    with pytest.raises(SystemExit, match="save_steps 50 x gradient_accumulation_steps 1 is not a multiple of "
+                                         "steps_per_generation 4"):  # fmt: skip
+        grpo.main(["--config", "train/recipes/tiny/grpo.yaml", "--save_steps", "50", "--use_cpu", "true"])

@@ -1,6 +1,7 @@
 """The tiny model and the training stages, a few steps each: what changes, what must not, resume, configs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,36 @@ def test_sft_resumes_from_its_last_checkpoint(tiny, data_recipe, tmp_path):
     sft.main(_sft_args(tiny, data_recipe, out, *common, "--max_steps", "2"))
     steps = [entry["step"] for entry in json.loads((out / "sft_log.json").read_text()) if "loss" in entry]
     assert (out / "checkpoint-2").is_dir() and 1 not in steps  # step 1 was not trained again
+
+
+def test_resume_skips_checkpoints_a_kill_cut_short(tiny, data_recipe, tmp_path, caplog):
+    """transformers writes trainer_state.json last: a checkpoint without it (killed while saving) or with a cut
+    state or cut weights is skipped, with a warning, for the newest complete one; before, it failed every rerun."""
+    from chexreason.training.common import incomplete_checkpoint, last_checkpoint
+    from train import sft
+
+    out = tmp_path / "sft"
+    common = ["--eval_strategy", "steps", "--save_strategy", "steps", "--save_steps", "1", "--eval_steps", "1"]
+    sft.main(_sft_args(tiny, data_recipe, out, *common, "--max_steps", "2", "--save_total_limit", "5"))
+    (out / "adapter" / "adapter_config.json").unlink()  # as if the run had been interrupted
+    state = out / "checkpoint-2" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # killed while writing the state
+    (out / "checkpoint-3").mkdir()  # killed just after creating the folder
+    weights = next((out / "checkpoint-1").glob("*.safetensors"))
+    cut = out / "checkpoint-4"
+    shutil.copytree(out / "checkpoint-1", cut)
+    (cut / weights.name).write_bytes(weights.read_bytes()[:10])  # a weights file cut short
+    assert incomplete_checkpoint(out / "checkpoint-1") is None
+    assert "cut short" in incomplete_checkpoint(cut) and "cut short" in incomplete_checkpoint(out / "checkpoint-2")
+    with caplog.at_level("WARNING"):
+        assert last_checkpoint(out) == str(out / "checkpoint-1")
+    assert [f"checkpoint-{n}" in caplog.text for n in (4, 3, 2)] == [True, True, True]
+    shutil.rmtree(cut)
+    kept = out / "checkpoint-1" / "trainer_state.json"  # a mark only a run resumed from checkpoint-1 carries on
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "log_history": [{"step": 1, "resumed_from": 1}]}))
+    sft.main(_sft_args(tiny, data_recipe, out, *common, "--max_steps", "3", "--save_total_limit", "5"))
+    log = json.loads((out / "sft_log.json").read_text())
+    assert log[0] == {"step": 1, "resumed_from": 1} and {entry["step"] for entry in log} >= {2, 3}
 
 
 @pytest.mark.parametrize(

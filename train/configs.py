@@ -448,7 +448,19 @@ class GRPOStageConfig(GRPOConfig):
             self.loss_type != "dr_grpo" or self.max_completion_length is not None,
             "loss_type dr_grpo needs max_completion_length (its loss normaliser)",
         )
-        super().__post_init__()
+        super().__post_init__()  # fills steps_per_generation (default: gradient_accumulation_steps)
+        # TRL samples afresh every steps_per_generation x num_iterations micro-batches, and at once after a resume: a
+        # checkpoint between two samplings resumes with new completions where the uninterrupted run used buffered
+        # ones, and the two runs part. Checkpoints must fall where a sampling would happen anyway.
+        every = self.steps_per_generation * self.num_iterations
+        if self.save_strategy == "steps" and self.save_steps >= 1:
+            need(
+                (int(self.save_steps) * self.gradient_accumulation_steps) % every == 0,
+                f"save_steps {self.save_steps:g} x gradient_accumulation_steps {self.gradient_accumulation_steps} is "
+                f"not a multiple of steps_per_generation {self.steps_per_generation} x num_iterations "
+                f"{self.num_iterations}: a run resumed from such a checkpoint would sample anew mid-generation and "
+                "differ from an uninterrupted one",
+            )
 
     def paper_departures(self) -> dict[str, tuple[object, object]]:
         """GRPO values that differ from the paper's: name -> (this config's value, the paper's)."""

@@ -210,7 +210,17 @@ def read_rows(path: Path, required: Sequence[str], summary: ReadSummary) -> Iter
             missing = [name for name in required if name not in header]
             if missing:
                 raise DatasetError(f"{path}: missing column(s) {missing}; its header is {header}")
+            line = reader.line_num
             for fields in reader:
+                # Records are counted by line too: none of these tables has a field spanning lines, so a record that
+                # does is an unmatched quote that silently swallowed the lines after it.
+                if reader.line_num - line > 1:
+                    joined = f"lines {line + 1}-{reader.line_num}"
+                    raise DatasetError(
+                        f"{path}: line {line + 1}: an unmatched quote joins {joined} into one row; fix the quote "
+                        "(no field of these tables spans lines)"
+                    )
+                line = reader.line_num
                 if not fields:  # a blank line is no row at all
                     continue
                 summary.rows_read += 1

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from transformers.trainer_utils import get_last_checkpoint
 
 from chexreason.data.build import head
 from chexreason.loading import parse_dtype
@@ -101,9 +103,41 @@ def grpo_rows(dataset: Dataset, prompt: PromptVariant, limit: int | None = None)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest `checkpoint-N` in a stage's output folder, so an interrupted run resumes there."""
+    """The newest complete `checkpoint-N` in a stage's output folder, so an interrupted run resumes there. A
+    checkpoint a kill cut short is skipped, with a warning saying why; it would otherwise fail every rerun."""
     output_dir = Path(output_dir)
-    found = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if found:
-        logger.info("resuming from %s", found)
-    return found
+    numbered = [
+        (int(match[1]), folder)
+        for folder in (output_dir.iterdir() if output_dir.is_dir() else ())
+        if folder.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", folder.name))
+    ]
+    for _, folder in sorted(numbered, reverse=True):
+        problem = incomplete_checkpoint(folder)
+        if problem is None:
+            logger.info("resuming from %s", folder)
+            return str(folder)
+        logger.warning("not resuming from %s: %s (a run killed while saving it?)", folder, problem)
+    return None
+
+
+def incomplete_checkpoint(folder: Path) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from, or None when it is complete. transformers writes the weights,
+    then the optimizer, scheduler and random state, and `trainer_state.json` last (each file whole before the next):
+    a checkpoint is complete when its state parses and its weights files' safetensors headers read."""
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text())["global_step"]
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "trainer_state.json is cut short or unreadable"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no weights (*.safetensors)"
+    for path in weights:
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception:  # safetensors raises its own error types for a truncated or garbled header
+            return f"{path.name} is cut short or unreadable"
+    return None
