@@ -285,3 +285,45 @@ def test_a_save_interval_between_samplings_is_refused_at_start():
     with pytest.raises(SystemExit, match="save_steps 50 x gradient_accumulation_steps 1 is not a multiple of "
                                          "steps_per_generation 4"):  # fmt: skip
         grpo.main(["--config", "train/recipes/tiny/grpo.yaml", "--save_steps", "50", "--use_cpu", "true"])
+
+
+STAGES = ("train.data", "train.base", "train.sft", "train.grpo", "train.evaluate")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--config", "missing/recipe.yaml"], "no such recipe file"),
+        (["--config", "{broken}"], "is not valid YAML"),
+        (["--output_dir", "{file}/under"], "is a file, not a folder"),
+    ],
+)
+def test_a_bad_recipe_or_path_is_one_line_before_any_work(stage, args, words, tmp_path):
+    import importlib
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("learning_rate: [1, 2\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    args = [arg.format(broken=broken, file=a_file) for arg in args]
+    if stage == "train.evaluate" and args[0] == "--output_dir":
+        args = ["--out", f"{a_file}/under/eval.json"]
+    main = importlib.import_module(stage).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = str(exit_info.value)
+    assert words in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("stage", ["train.base", "train.sft", "train.grpo"])
+def test_a_nonsense_step_count_and_a_wrong_typed_value_are_short_messages(stage, capsys):
+    import importlib
+
+    main = importlib.import_module(stage).main
+    with pytest.raises(SystemExit, match="max_steps must be a positive number"):
+        main(["--max_steps", "-5"])
+    with pytest.raises(SystemExit):
+        main(["--learning_rate", "abc"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert "invalid float value: 'abc'" in error[-1] and len(error) <= 3, error  # not every field's usage

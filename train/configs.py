@@ -8,9 +8,7 @@ message that names the field. The data recipe's config, `DataConfig`, is the lib
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from trl import GRPOConfig, SFTConfig
 
@@ -21,6 +19,7 @@ from chexreason.evaluation import EVAL_BATCH_SIZE
 from chexreason.prompts import get_prompt
 from chexreason.rewards import REWARD_FACTORIES
 from chexreason.training.common import LM_PROJECTIONS
+from train.command_line import TINY_RECIPES, parse_recipe, parse_stage, with_default_recipe
 
 # Re-exported: these lived here before the data recipe's config moved into the library.
 __all__ = [
@@ -29,12 +28,14 @@ __all__ = [
     "PAPER_GRPO",
     "PAPER_SFT",
     "TEACHERS",
+    "TINY_RECIPES",
     "BaseStageConfig",
     "DataConfig",
     "EvaluateConfig",
     "GRPOStageConfig",
     "ModelArguments",
     "SFTStageConfig",
+    "parse_recipe",
     "parse_stage",
     "read_data_config",
     "with_default_recipe",
@@ -96,36 +97,6 @@ class ModelArguments:
             self.min_pixels is not None and self.min_pixels > self.max_pixels
         ):
             raise ValueError("model config: set both min_pixels and max_pixels, with min_pixels <= max_pixels")
-
-
-TINY_RECIPES = Path(__file__).resolve().parent / "recipes" / "tiny"
-
-
-def with_default_recipe(prog: str, argv: list[str] | None) -> list[str]:
-    """The command line, with ``--config train/recipes/tiny/<stage>.yaml`` in front when it names no recipe, so
-    ``python -m train.grpo`` alone runs the tiny recipe (and regenerates checkpoints/tiny) as the README says,
-    instead of TRL's GPU defaults. Fields given on the command line still override the recipe's."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # TRL's parser reads only "--config PATH": split "--config=PATH", which it would silently ignore.
-    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
-    if "--config" in argv:
-        return argv
-    recipe = TINY_RECIPES / f"{prog.removeprefix('train.')}.yaml"
-    logger.info("%s: no --config, so the tiny recipe %s", prog, recipe.relative_to(recipe.parents[3]))
-    return ["--config", str(recipe), *argv]
-
-
-def parse_stage(prog: str, types: tuple[type, ...], argv: list[str] | None) -> tuple:
-    """A stage's configs from its YAML recipe (default: its tiny recipe, `with_default_recipe`) and command line,
-    followed by the DataConfig its `data_config` names. A config mistake ends the program with a message, not a
-    traceback."""
-    from trl import TrlParser
-
-    try:
-        configs = TrlParser(types).parse_args_and_config(args=with_default_recipe(prog, argv))
-        return (*configs, read_data_config(configs[-1].data_config))
-    except ValueError as error:
-        sys.exit(f"{prog}: {error}")
 
 
 @dataclass

@@ -19,23 +19,17 @@ from __future__ import annotations
 import json
 import sys
 
-from trl import TrlParser
-
 from chexreason.data.build import build_datasets
 from chexreason.data.config import DataConfig
 from chexreason.data.readers import DatasetError
 from chexreason.teachers.report import TeacherError
 from train import log_to_console
-from train.configs import with_default_recipe
+from train.configs import parse_recipe
 
 
 def main(argv: list[str] | None = None) -> dict:
     log_to_console()
-    parser = TrlParser(DataConfig)
-    try:
-        (config,) = parser.parse_args_and_config(args=with_default_recipe("train.data", argv))
-    except ValueError as error:  # __post_init__ and YAML errors: a message, not a traceback
-        sys.exit(f"train.data: {error}")
+    (config,) = parse_recipe("train.data", (DataConfig,), argv)  # mistakes, bad YAML, unwritable output: a message
     missing = config.missing_real_paths()
     if missing:  # said before any work, in the command line's own terms
         sys.exit(f"train.data: data config: source 'real' needs {', '.join('--' + name for name in missing)}")
