@@ -303,6 +303,21 @@ def save_results(results: EvalResults, path: str | Path, records: str | Path | I
     results.records, results._folder = entry, path.parent
 
 
+def scored_other_weights(results: EvalResults, checkpoints: Iterable) -> list[str]:
+    """The checkpoints (`chexreason.model_set_spec.CheckpointSpec`) whose weights are not those `results` scored:
+    fingerprinted now (`chexreason.fingerprints.model_set_fingerprints`) and compared with the recorded digests.
+    A checkpoint the results never scored, or results that recorded no fingerprints (v1), count as other."""
+    from chexreason.fingerprints import model_set_fingerprints
+
+    checkpoints = list(checkpoints)
+    try:
+        now = model_set_fingerprints(checkpoints)
+    except (OSError, ValueError) as error:  # weights gone or unreadable: not what was scored
+        return [f"{c.name} ({error})" for c in checkpoints]
+    scored = results.checkpoints
+    return [name for name, weights in now.items() if name not in scored or scored[name].digest != weights["digest"]]
+
+
 def _upgrade_v1(obj: dict, where: str) -> tuple[dict, list[tuple[str, dict]]]:
     """A v1 file as a v2 summary, and its embedded predictions as records (truncated and n_tokens unknown)."""
     if not isinstance(obj.get("runs"), list) or not all(isinstance(run, dict) for run in obj["runs"]):

@@ -74,6 +74,27 @@ def tiny(tiny_set) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sft_adapter(tiny, tmp_path_factory) -> Path:
+    """A stand-in SFT adapter: the SFT stage's LoRA (`lora_config`) with random B, so it differs from the base."""
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from chexreason.training import lora_config
+    from train.configs import ModelArguments
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
+    peft_model = get_peft_model(model, lora_config(ModelArguments(lora_r=4, lora_alpha=8)))
+    noise = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=noise) * 0.3)
+    folder = tmp_path_factory.mktemp("sft") / "adapter"
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def data_recipe(tmp_path_factory) -> Path:
     """A small phantom data recipe (its datasets are built by the first stage that needs them)."""
     folder = tmp_path_factory.mktemp("data")

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from stage_runner import parity_reward
 
 from chexreason.rewards import REWARD_FACTORIES
 
@@ -16,38 +17,11 @@ MAX_TOKENS = 16
 PAPER_RECIPE = Path("train/recipes/tiny/grpo.yaml")
 
 
-def parity_reward(completions, completion_ids=None, **kwargs) -> list[float]:
-    """A test-only reward that varies on a random model (whose outputs our rewards all score alike, and which
-    writes to the length limit): the share of even token ids. So the policy gets a gradient."""
-    return [sum(i % 2 == 0 for i in ids) / len(ids) for ids in completion_ids]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def parity_reward_registered():
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(REWARD_FACTORIES, "test_parity", lambda **options: parity_reward)
         yield
-
-
-@pytest.fixture(scope="module")
-def sft_adapter(tiny, tmp_path_factory) -> Path:
-    """A stand-in SFT adapter: the SFT stage's LoRA (`lora_config`) with random B, so it differs from the base."""
-    from peft import get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from chexreason.training import lora_config
-    from train.configs import ModelArguments
-
-    model = AutoModelForImageTextToText.from_pretrained(tiny, use_safetensors=True)
-    peft_model = get_peft_model(model, lora_config(ModelArguments(lora_r=4, lora_alpha=8)))
-    noise = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=noise) * 0.3)
-    folder = tmp_path_factory.mktemp("sft") / "adapter"
-    peft_model.save_pretrained(folder)
-    return folder
 
 
 def _args(tiny: Path, sft: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -288,24 +262,35 @@ def test_grpo_config_errors_are_messages(tmp_path, override, message, data_recip
     assert str(exit_info.value).startswith("train.grpo: ") and message in str(exit_info.value)
 
 
-def test_best_policy_survives_a_checkpoint_without_its_validation(tmp_path):
+def test_a_checkpoint_whose_validation_was_cut_short_is_validated_before_training_on(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from chexreason.prompts import get_prompt
-    from chexreason.training.grpo import BEST_ADAPTER, BEST_JSON, BestPolicyCallback, ValidationSet
+    from chexreason.training.grpo import VALIDATION_JSON, BestPolicyCallback, ValidationSet
 
     processor = SimpleNamespace(tokenizer=SimpleNamespace(padding_side="right"))
     callback = BestPolicyCallback(ValidationSet([], [], "chexpert14", get_prompt("free_reasoning")), processor,
                                   tmp_path, max_new_tokens=8, batch_size=2)  # fmt: skip
     assert callback.processor.tokenizer.padding_side == "left" and processor.tokenizer.padding_side == "right"
-    (tmp_path / "checkpoint-3").mkdir()
-    assert callback.restore(tmp_path / "checkpoint-3") == [] and callback.best is None
     scores = dict.fromkeys(("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall",
                             "fail_rate"), 0.5)  # fmt: skip
-    (tmp_path / BEST_ADAPTER).mkdir()
-    (tmp_path / BEST_ADAPTER / BEST_JSON).write_text(json.dumps({"step": 2, "macro_f1": 0.4, **scores}))
-    assert callback.restore(tmp_path / "checkpoint-3") == [{"step": 2, "macro_f1": 0.4, **scores}]
-    assert callback.best["step"] == 2
+    # The run validated steps 2 and 4 (its history beside the checkpoints); checkpoint-4's own copy never came:
+    # the kill came during its validation. A step-6 entry is from nowhere this resume can reach.
+    history = [{"step": step, "macro_f1": f1, **scores} for step, f1 in ((2, 0.4), (4, 0.3), (6, 0.9))]
+    (tmp_path / VALIDATION_JSON).write_text(json.dumps(history))
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert callback.restore(checkpoint) == history[:1] and callback.unvalidated == checkpoint
+    validated = []
+    monkeypatch.setattr(callback, "validate", lambda model, step, folder: validated.append((model, step, folder)))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=4)
+    callback.on_train_begin(None, state, None, model="policy")
+    assert validated == [("policy", 4, checkpoint)] and callback.unvalidated is None
+    callback.on_train_begin(None, state, None, model="policy")  # once only
+    assert len(validated) == 1
+    (checkpoint / VALIDATION_JSON).write_text(json.dumps(history[:2]))
+    assert callback.restore(checkpoint) == history[:2] and callback.unvalidated is None
 
 
 def test_missing_sft_adapter_runs_the_sft_recipe_first(tmp_path, data_recipe, monkeypatch):

@@ -36,6 +36,7 @@ import logging
 import sys
 from pathlib import Path
 
+from chexreason import atomic
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
@@ -49,23 +50,26 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> Path:
     model_args, config, data = recipe.start_training_stage("train.grpo", (ModelArguments, GRPOStageConfig), argv)
     out = Path(config.output_dir)
-    adapter = out / "adapter"
+    adapter = atomic.recover_folder(out / "adapter")  # a final save a kill interrupted: finished or undone
+    command = sys.argv[1:] if argv is None else argv
     if (adapter / ADAPTER_CONFIG).exists():
         logger.info("GRPO adapter already trained at %s", adapter)
-        return adapter
-    for name, (ours, paper) in config.paper_departures().items():
-        logger.warning("%s is %r here; the paper's is %r", name, ours, paper)
-
-    recipe.ensure_sft(config)
+    else:
+        for name, (ours, paper) in config.paper_departures().items():
+            logger.warning("%s is %r here; the paper's is %r", name, ours, paper)
+        recipe.ensure_sft(config)
     with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse
-        build_datasets(data)
-    try:
-        run = build_grpo_run(model_args, config, load_built(data.output_dir), get_answer_format(data.answer_format))
-    except FileNotFoundError as error:
-        sys.exit(f"train.grpo: {error}")
-    run.train(resume_from_checkpoint=last_checkpoint(out))
-    adapter = run.save(out)
-    recipe.after_grpo(model_args, config, data.answer_format, sys.argv[1:] if argv is None else argv)
+        manifest = build_datasets(data)
+    if not (adapter / ADAPTER_CONFIG).exists():
+        try:
+            built = load_built(data.output_dir)
+            run = build_grpo_run(model_args, config, built, get_answer_format(data.answer_format))
+        except FileNotFoundError as error:
+            sys.exit(f"train.grpo: {error}")
+        run.train(resume_from_checkpoint=last_checkpoint(out, required=run.checkpoint_files))
+        run.save(out)
+    # Also after a rerun: an export, evaluation or model card a kill left missing or stale is made again.
+    recipe.after_grpo(model_args, config, data.answer_format, command, data_fingerprint=manifest["fingerprint"])
     return adapter
 
 

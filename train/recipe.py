@@ -17,7 +17,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from chexreason.training.export import export_model_set, write_model_card
+from chexreason.model_set_spec import read_model_set
+from chexreason.results import ResultsError, load_results, scored_other_weights
+from chexreason.training.export import export_is_current, export_model_set, write_model_card
 from chexreason.training.fused_head import score_labelled_positions_only
 from chexreason.training.grpo import ADAPTER_CONFIG, BEST_ADAPTER
 from train import log_to_console
@@ -57,12 +59,24 @@ def ensure_sft(config: GRPOStageConfig) -> None:
         run_stage("sft", ["--config", config.sft_recipe])
 
 
-def after_grpo(model_args: ModelArguments, config: GRPOStageConfig, prompt: str, command: list[str]) -> Path | None:
+def after_grpo(
+    model_args: ModelArguments,
+    config: GRPOStageConfig,
+    prompt: str,
+    command: list[str],
+    data_fingerprint: str | None = None,
+) -> Path | None:
     """Bundle base + SFT + best GRPO as a model set in ``export_dir``, then evaluate it if ``evaluate_after``.
+
+    Each step is redone only when what it would produce is missing or stale, so a rerun after a kill finishes the
+    chain and never leaves results beside other weights: the export when the set's files differ from the run's
+    (`export_is_current`), the evaluation when ``eval.json`` is absent or scored other weights
+    (`chexreason.results.scored_other_weights`), the model card when it does not say what ``eval.json`` says.
 
     Args:
         prompt: the prompt key the checkpoints were trained with (the data recipe's answer format).
         command: the arguments of the GRPO command that made the run, cited by the model card.
+        data_fingerprint: the data build's (its manifest's); results of other data are evaluated again.
 
     Returns the exported set's YAML, or None when the recipe exports nothing.
     """
@@ -70,22 +84,51 @@ def after_grpo(model_args: ModelArguments, config: GRPOStageConfig, prompt: str,
         return None
     base = Path(model_args.model_name_or_path)
     best = Path(config.output_dir) / BEST_ADAPTER
-    spec = export_model_set(
-        config.export_dir,
-        name=Path(config.export_dir).name,
-        description=config.export_description,
-        base_model=base,
-        sft_adapter=config.sft_adapter,
-        grpo_adapter=best if best.exists() else Path(config.output_dir) / "adapter",
-        prompt=prompt,
-        logs={
-            "base_log.json": base.parent / "base_log.json",
-            "sft_log.json": Path(config.sft_adapter).parent / "sft_log.json",
-            "grpo_log.json": Path(config.output_dir) / "grpo_log.json",
-        },
-        max_new_tokens=config.max_completion_length,
-    )
+    sources = {
+        "base": base,
+        "sft": Path(config.sft_adapter),
+        "grpo": best if (best / ADAPTER_CONFIG).exists() else Path(config.output_dir) / "adapter",
+    }
+    logs = {
+        "base_log.json": base.parent / "base_log.json",
+        "sft_log.json": Path(config.sft_adapter).parent / "sft_log.json",
+        "grpo_log.json": Path(config.output_dir) / "grpo_log.json",
+    }
+    export = Path(config.export_dir)
+    spec = export / "model_set.yaml"
+    if export_is_current(export, sources, logs):
+        logger.info("the model set in %s is this run's", export)
+    else:
+        export_model_set(
+            export,
+            name=export.name,
+            description=config.export_description,
+            base_model=sources["base"],
+            sft_adapter=sources["sft"],
+            grpo_adapter=sources["grpo"],
+            prompt=prompt,
+            logs=logs,
+            max_new_tokens=config.max_completion_length,
+        )
     if config.evaluate_after:
-        results = run_stage("evaluate", ["--models", str(spec), "--data_config", config.data_config])
-        write_model_card(config.export_dir, results, "python -m train.grpo " + shlex.join(command))
+        results = export / "eval.json"
+        if not _scored_these_weights(results, spec, data_fingerprint):
+            results = run_stage("evaluate", ["--models", str(spec), "--data_config", config.data_config])
+        write_model_card(export, results, "python -m train.grpo " + shlex.join(command))
     return spec
+
+
+def _scored_these_weights(results: Path, spec: Path, data_fingerprint: str | None) -> bool:
+    """Whether `results` exists and scored exactly the weights the model set `spec` names now, on this data."""
+    try:
+        scored = load_results(results)
+        other = scored_other_weights(scored, read_model_set(spec).checkpoints)
+    except (ResultsError, OSError, ValueError):
+        return False
+    if data_fingerprint is not None and scored.data.manifest != data_fingerprint:
+        logger.warning("%s scored other data (build %s, not %s): evaluating again", results, scored.data.manifest,
+                       data_fingerprint)  # fmt: skip
+        return False
+    if other:
+        logger.warning("%s scored other weights for %s: evaluating again", results, ", ".join(other))
+    return not other

@@ -15,17 +15,18 @@ The tiny recipe's departures are listed in its YAML; every run logs how its valu
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback
 from trl import SFTTrainer
 
+from chexreason import atomic
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint, load_model, lora_config, sft_rows
 from chexreason.training.common import named_template_matches
+from chexreason.training.resume import ExactResume, install_stage_output
 from train import recipe
 from train.configs import ModelArguments, SFTStageConfig
 
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> Path:
     model_args, config, data = recipe.start_training_stage("train.sft", (ModelArguments, SFTStageConfig), argv)
     out = Path(config.output_dir)
-    adapter = out / "adapter"
+    adapter = atomic.recover_folder(out / "adapter")  # a final save a kill interrupted: finished or undone
     if (adapter / "adapter_config.json").exists():
         logger.info("SFT adapter already trained at %s", adapter)
         return adapter
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
     if config.chat_template_path and config.chat_template_path.endswith(".jinja"):
         named_template_matches(processor, config.chat_template_path)  # SFTTrainer then makes it the template
     built, fmt = load_built(data.output_dir), get_answer_format(data.answer_format)
-    trainer = SFTTrainer(
+    trainer = ResumableSFTTrainer(
         model=model,
         args=config,
         train_dataset=sft_rows(built["sft_train"], fmt, config.max_train_samples),
@@ -59,10 +60,18 @@ def main(argv: list[str] | None = None) -> Path:
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)],
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
-    trainer.save_model(str(adapter))  # the best checkpoint by validation loss (load_best_model_at_end)
-    trainer.processing_class.save_pretrained(adapter)  # with the chat template it trained with
-    (out / "sft_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+
+    def save(folder: Path) -> None:
+        trainer.save_model(str(folder))  # the best checkpoint by validation loss (load_best_model_at_end)
+        trainer.processing_class.save_pretrained(folder)  # with the chat template it trained with
+
+    if trainer.is_world_process_zero():
+        install_stage_output(adapter, save, out / "sft_log.json", trainer.state.log_history)
     return adapter
+
+
+class ResumableSFTTrainer(ExactResume, SFTTrainer):
+    """TRL's SFTTrainer, resumed exactly (`chexreason.training.resume.ExactResume`)."""
 
 
 if __name__ == "__main__":

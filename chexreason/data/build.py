@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_from_disk
 from tqdm.auto import tqdm
 
+from chexreason import atomic
 from chexreason.data.phantom import generate
 from chexreason.data.readers import DatasetError, read_chexpert, read_mimic, read_nih
 from chexreason.data.splits import (
@@ -41,6 +43,8 @@ from chexreason.data.splits import (
     keep_trainable,
     patient_disjoint_split,
 )
+from chexreason.faults import fault_point
+from chexreason.processes import die_with_parent
 from chexreason.prompts import get_answer_format
 from chexreason.results import fingerprint
 from chexreason.teachers import Teacher, TeacherCase, TemplateTeacher
@@ -130,12 +134,12 @@ def build_datasets(config: DataConfig) -> dict:
         {k: v for k, v in config_dict.items() if k not in ("output_dir", "workers") and not _unset_later_field(k, v)}
     )
     manifest_path = out / MANIFEST
-    if manifest_path.exists() and (out / DATASETS).exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("fingerprint") == key:
-            logger.info("reusing the datasets in %s (same config, fingerprint %s)", out, key)
-            manifest["reused"] = True
-            return manifest
+    manifest = _read_manifest(manifest_path) if (out / DATASETS).exists() else None
+    if manifest is not None and manifest.get("fingerprint") == key:
+        logger.info("reusing the datasets in %s (same config, fingerprint %s)", out, key)
+        manifest["reused"] = True
+        return manifest
+    if manifest is not None:
         logger.info("config changed since the last build in %s: rebuilding", out)
 
     missing = config.missing_real_paths()
@@ -165,8 +169,12 @@ def build_datasets(config: DataConfig) -> dict:
         name: _to_dataset(name, examples, label_sets[name], traces.get(name)) for name, examples in splits.items()
     }
     DatasetDict(built).save_to_disk(str(staging))
+    # The manifest says which config the datasets are of: it goes first and comes back last, so a kill in between
+    # leaves datasets without a manifest (rebuilt by the next run), never another config's manifest beside them.
+    manifest_path.unlink(missing_ok=True)
     shutil.rmtree(out / DATASETS, ignore_errors=True)
     staging.rename(out / DATASETS)  # a build interrupted before this line leaves no half-written datasets/
+    fault_point("manifest-write")
 
     manifest = {
         "config": config_dict,
@@ -177,9 +185,21 @@ def build_datasets(config: DataConfig) -> dict:
         "teacher": teacher_stats,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     logger.info("built %s in %.1f s", out, manifest["seconds"])
     return manifest
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """A build's manifest, or None when there is none to trust (absent, or unreadable: the build is redone)."""
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        logger.warning("%s is unreadable (%s): rebuilding", path, error)
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 # ------------------------------------------------------------------------------------------- phantoms
@@ -194,7 +214,8 @@ def _phantom_stream(site: str, needed: int, config: DataConfig, report: SplitRep
     """`needed` usable examples of a site, drawing phantoms in index order (in parallel) until there are enough."""
     kept: list[Example] = []
     start, chunk = 0, 64
-    with ProcessPoolExecutor(config.workers) as pool, tqdm(total=needed, desc=f"phantom site {site}") as bar:
+    pool = ProcessPoolExecutor(config.workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    with pool, tqdm(total=needed, desc=f"phantom site {site}") as bar:
         while len(kept) < needed:
             # Over-draw by the share dropped so far (films with only uncertain labels), in chunks for the pool.
             batch = max(chunk, math.ceil((needed - len(kept)) * 1.1))
@@ -203,6 +224,7 @@ def _phantom_stream(site: str, needed: int, config: DataConfig, report: SplitRep
                 for i in range(0, batch, chunk)
             ]
             for items in pool.map(_generate_chunk, jobs):
+                fault_point("data-generating")
                 fresh = (
                     keep_trainable(items, report, config.frontal_only)
                     if trainable

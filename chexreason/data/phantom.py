@@ -78,6 +78,7 @@ from PIL import Image
 from chexreason.data.phantom_draw import render
 from chexreason.data.readers import NIH_ANNOTATED_LABELS
 from chexreason.labels import CHEXPERT_LABELS, NIH_LABELS, NIH_TO_CHEXPERT
+from chexreason.processes import die_with_parent
 
 SITES = ("a", "b")
 DEFAULT_SIZE = 256
@@ -204,7 +205,7 @@ def generate_parallel(
         return generate(site, n, seed, size)
     chunk = math.ceil(n / workers)
     jobs = [(site, min(chunk, n - start), seed, size, start) for start in range(0, n, chunk)]
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         return [sample for part in pool.map(_generate_args, jobs) for sample in part]
 
 

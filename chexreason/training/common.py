@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from chexreason.data.build import head
 from chexreason.loading import parse_dtype
 from chexreason.model_set_spec import pixel_bounds
 from chexreason.prompts import AnswerFormat, PromptVariant
+from chexreason.training.resume import incomplete_checkpoint as incomplete_checkpoint  # re-exported: lived here
+from chexreason.training.resume import last_checkpoint as last_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -100,44 +99,3 @@ def grpo_rows(dataset: Dataset, prompt: PromptVariant, limit: int | None = None)
     return dataset.map(
         lambda row: {"prompt": messages}, remove_columns=[c for c in dataset.column_names if c not in keep]
     )
-
-
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-N` in a stage's output folder, so an interrupted run resumes there. A
-    checkpoint a kill cut short is skipped, with a warning saying why; it would otherwise fail every rerun."""
-    output_dir = Path(output_dir)
-    numbered = [
-        (int(match[1]), folder)
-        for folder in (output_dir.iterdir() if output_dir.is_dir() else ())
-        if folder.is_dir() and (match := re.fullmatch(r"checkpoint-(\d+)", folder.name))
-    ]
-    for _, folder in sorted(numbered, reverse=True):
-        problem = incomplete_checkpoint(folder)
-        if problem is None:
-            logger.info("resuming from %s", folder)
-            return str(folder)
-        logger.warning("not resuming from %s: %s (a run killed while saving it?)", folder, problem)
-    return None
-
-
-def incomplete_checkpoint(folder: Path) -> str | None:
-    """Why a Trainer checkpoint cannot be resumed from, or None when it is complete. transformers writes the weights,
-    then the optimizer, scheduler and random state, and `trainer_state.json` last (each file whole before the next):
-    a checkpoint is complete when its state parses and its weights files' safetensors headers read."""
-    state = folder / "trainer_state.json"
-    try:
-        json.loads(state.read_text())["global_step"]
-    except FileNotFoundError:
-        return "no trainer_state.json"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "trainer_state.json is cut short or unreadable"
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        return "no weights (*.safetensors)"
-    for path in weights:
-        try:
-            with safe_open(path, framework="pt"):
-                pass
-        except Exception:  # safetensors raises its own error types for a truncated or garbled header
-            return f"{path.name} is cut short or unreadable"
-    return None

@@ -1,5 +1,11 @@
 """Export a finished recipe run as a model set: base weights, SFT and GRPO adapters, training logs, the
-evaluation results and a model card — what `checkpoints/tiny/` holds and `app.py` loads."""
+evaluation results and a model card — what `checkpoints/tiny/` holds and `app.py` loads.
+
+The set is written whole into a staged folder and installed in one rename (`chexreason.atomic`), so a kill during
+an export leaves the old set or the new one, and never the new weights beside the old results: a fresh export
+holds no ``eval.json`` until the new weights are evaluated. `export_is_current` tells a rerun whether the set
+already holds exactly its sources' files.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from chexreason import atomic
+from chexreason.faults import fault_point
+from chexreason.fingerprints import fingerprint_folder
 from chexreason.results import EvalResults
 
 # The files a checkpoint needs to load; trainer state, optimizer and TRL's frozen reference stay behind.
@@ -33,19 +42,21 @@ def export_model_set(
     logs: dict[str, Path],
     max_new_tokens: int,
 ) -> Path:
-    """Copy base, SFT and GRPO into `dest` with a `model_set.yaml` naming them; returns the YAML's path.
+    """Copy base, SFT and GRPO into `dest` with a `model_set.yaml` naming them; returns the YAML's path. Whatever
+    `dest` held before (results, model card) is replaced: they described other weights.
 
     `max_new_tokens` is recorded as every checkpoint's generation budget: the GRPO run's max_completion_length,
     which its validation used, so evaluation, ``predict`` and the app answer within it too.
     """
     dest = Path(dest)
+    staged = atomic.staging_folder(dest)
+    fault_point("export-started")
     for folder, source in (("base", base_model), ("sft", sft_adapter), ("grpo", grpo_adapter)):
-        shutil.rmtree(dest / folder, ignore_errors=True)
-        _copy_files(Path(source), dest / folder)
-    (dest / "logs").mkdir(parents=True, exist_ok=True)
+        _copy_files(Path(source), staged / folder)
+    (staged / "logs").mkdir(parents=True, exist_ok=True)
     for log_name, path in logs.items():
         if Path(path).exists():
-            shutil.copy2(path, dest / "logs" / log_name)
+            shutil.copy2(path, staged / "logs" / log_name)
     spec = {
         "name": name,
         "description": description,
@@ -57,9 +68,27 @@ def export_model_set(
     }
     for checkpoint in spec["checkpoints"]:
         checkpoint.update(prompt=prompt, max_new_tokens=max_new_tokens)
-    path = dest / "model_set.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    (staged / "model_set.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    atomic.install_folder(staged, dest)
+    return dest / "model_set.yaml"
+
+
+def export_is_current(dest: str | Path, sources: dict[str, str | Path], logs: dict[str, Path]) -> bool:
+    """Whether `dest` holds an export of exactly these sources (``{"base": …, "sft": …, "grpo": …}``, their files
+    by `chexreason.fingerprints.fingerprint_folder`) and logs (byte for byte)."""
+    dest = atomic.recover_folder(dest)
+    if not (dest / "model_set.yaml").is_file():
+        return False
+    try:
+        if any(fingerprint_folder(dest / folder) != fingerprint_folder(source) for folder, source in sources.items()):
+            return False
+    except FileNotFoundError:
+        return False
+    for log_name, path in logs.items():
+        copy = dest / "logs" / log_name
+        if Path(path).exists() != copy.exists() or (copy.exists() and copy.read_bytes() != Path(path).read_bytes()):
+            return False
+    return True
 
 
 def model_card(results: EvalResults, command: str, description: str = "") -> str:
@@ -108,11 +137,14 @@ def model_card(results: EvalResults, command: str, description: str = "") -> str
 
 
 def write_model_card(dest: str | Path, results_path: str | Path, command: str) -> Path:
-    """Write `dest`/README.md from the results file, with the description of `dest`/model_set.yaml."""
+    """Write `dest`/README.md from the results file, with the description of `dest`/model_set.yaml (atomically;
+    left untouched when it already says exactly that)."""
     from chexreason.model_set_spec import read_model_set
     from chexreason.results import load_results
 
     path = Path(dest) / "README.md"
     description = read_model_set(Path(dest) / "model_set.yaml", check_paths=False).description
-    path.write_text(model_card(load_results(results_path), command, description))
+    text = model_card(load_results(results_path), command, description)
+    if not path.is_file() or path.read_text() != text:
+        atomic.write_text(path, text)
     return path

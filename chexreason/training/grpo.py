@@ -19,13 +19,15 @@ Why it is shaped this way:
 - **Only the policy adapter is saved** (`save_policy`): PEFT's ``save_pretrained`` would also write the frozen
   ``"ref"`` copy. TRL's own checkpoints keep ``ref/`` so that a resumed run has the same reference.
 - **Stateful rewards survive a resume.** `RewardStateCallback` writes each stateful reward's ``state_dict()`` (the
-  nuanced reward's sliding window) into every checkpoint, one file per process: each training process keeps
-  its own window over the completions it scores, and gets its own back.
+  nuanced reward's sliding window) into every checkpoint, one file per process, before the trainer state that
+  makes the checkpoint complete (`chexreason.training.resume.ExactResume`): each training process keeps its own
+  window over the completions it scores, and a checkpoint without it is never resumed from.
 - **Best policy as in the paper's Table 4.** `BestPolicyCallback` scores the policy at every save on the first
   ``validation_samples`` images of ``sft_validation`` (greedy, `chexreason.modeling.ModelSet.generate_batch`,
   `chexreason.metrics.score`) and keeps the adapter with the highest macro-F1 in ``<output_dir>/best_adapter``.
   It runs on the main process only, with the unwrapped model (not under DeepSpeed ZeRO-3, whose sharded
-  weights it cannot generate from).
+  weights it cannot generate from). The checkpoint is complete before its validation runs, so a run killed
+  during a validation resumes from that checkpoint and validates it before training on.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from chexreason import atomic
 from chexreason.data.build import head
 from chexreason.decoding import CompletionDecoder, GenerationSettings, stop_token_ids
+from chexreason.faults import fault_point
 from chexreason.loading import adapter_chat_template
 from chexreason.metrics import score
 from chexreason.model_set import ModelSet
@@ -60,6 +64,7 @@ from chexreason.rewards import (
     reward_from_recipe,
 )
 from chexreason.training.common import grpo_rows, load_model
+from chexreason.training.resume import install_stage_output
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -74,7 +79,7 @@ REFERENCE = "ref"  # TRL's frozen copy of it, the KL reference
 ADAPTER_CONFIG = "adapter_config.json"
 BEST_ADAPTER = "best_adapter"
 BEST_JSON = "best.json"
-VALIDATION_JSON = "grpo_validation.json"  # the validation history, in each checkpoint
+VALIDATION_JSON = "grpo_validation.json"  # the validation history: in each checkpoint, and the run's beside them
 REWARD_STATE_JSON = "reward_state_rank{rank}.json"  # stateful rewards, per process, in each checkpoint
 FAIL_RATE = "fail_rate"  # the logged metric: share of unparseable completions in a batch
 
@@ -219,9 +224,11 @@ def checkpoint_folder(args: TrainingArguments, state: TrainerState) -> Path:
     return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
 
 
-class RewardStateCallback(TrainerCallback):
+class RewardStateCallback:
     """Saves each stateful reward's ``state_dict()`` (the nuanced reward's window) into every checkpoint and
-    restores it on resume, one file per training process (each process keeps its own window)."""
+    restores it on resume, one file per training process (each process keeps its own window). `write` is
+    registered with the trainer (`ExactResume.before_state`), so the window is in the checkpoint before the
+    checkpoint is complete; `required` names the file a resumable checkpoint must hold."""
 
     def __init__(self, rewards: Mapping[str, Any], process_index: int = 0) -> None:
         self.rewards = {name: r for name, r in rewards.items() if hasattr(r, "state_dict")}
@@ -230,19 +237,23 @@ class RewardStateCallback(TrainerCallback):
     def _path(self, folder: Path) -> Path:
         return folder / REWARD_STATE_JSON.format(rank=self.process_index)
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+    @property
+    def required(self) -> list[str]:
+        return [self._path(Path()).name] if self.rewards else []
+
+    def write(self, folder: Path) -> None:
         if not self.rewards:
             return
-        self.process_index = args.process_index
         states = {name: reward.state_dict() for name, reward in self.rewards.items()}
-        self._path(checkpoint_folder(args, state)).write_text(json.dumps(states) + "\n")
+        atomic.write_text(self._path(folder), json.dumps(states) + "\n")
+        fault_point("reward-state-written")
 
     def restore(self, checkpoint: str | Path | None) -> dict[str, dict]:
         """Load the states saved in `checkpoint`; returns them (empty when there is nothing to restore)."""
         if checkpoint is None or not self.rewards:
             return {}
         path = self._path(Path(checkpoint))
-        if not path.is_file():
+        if not path.is_file():  # `last_checkpoint` skips such a checkpoint; one named by hand resumes without
             logger.warning("%s has no %s: the rewards' windows start empty", checkpoint, path.name)
             return {}
         states = json.loads(path.read_text())
@@ -301,8 +312,9 @@ class BestPolicyCallback(TrainerCallback):
     """At every save, scores the policy on a validation set and keeps the adapter with the best macro-F1.
 
     Writes ``<output_dir>/best_adapter`` (the adapter, the processor and ``best.json`` with the step and the
-    scores) and the validation history into each checkpoint (``grpo_validation.json``), from which `restore`
-    picks it up on resume. Runs on the main process only.
+    scores; installed whole, `chexreason.atomic`), the validation history into each checkpoint and beside them
+    (``grpo_validation.json``). `restore` picks the history up on resume; a resumed checkpoint whose validation
+    a kill interrupted is validated when training begins, before any step. Runs on the main process only.
     """
 
     def __init__(
@@ -311,10 +323,12 @@ class BestPolicyCallback(TrainerCallback):
         self.validation = validation
         self.processor = copy.deepcopy(processor)  # left padding for generation, without touching the trainer's
         self.processor.tokenizer.padding_side = "left"
-        self.best_dir = Path(output_dir) / BEST_ADAPTER
+        self.output_dir = Path(output_dir)
+        self.best_dir = self.output_dir / BEST_ADAPTER
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.history: list[dict] = []
+        self.unvalidated: Path | None = None  # a resumed checkpoint whose validation did not complete
 
     @property
     def best(self) -> dict | None:
@@ -322,14 +336,23 @@ class BestPolicyCallback(TrainerCallback):
         return max(self.history, key=lambda entry: entry["macro_f1"], default=None)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
-        if not state.is_world_process_zero:
-            return
-        model = kwargs["model"]
+        if state.is_world_process_zero:
+            self.validate(kwargs["model"], state.global_step, checkpoint_folder(args, state))
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if self.unvalidated is not None and state.is_world_process_zero:  # the checkpoint's weights are loaded
+            logger.warning("validating %s first: a kill interrupted its validation", self.unvalidated)
+            self.validate(kwargs["model"], state.global_step, self.unvalidated)
+        self.unvalidated = None
+
+    def validate(self, model: PeftModel, step: int, checkpoint: Path) -> dict:
+        """Score the policy at `step`, keep it if it is the best so far, and record the validation in `checkpoint`."""
+        fault_point("validation-started")
         v = self.validation
         result = validate_policy(
             model, self.processor, v.images, v.truth, v.label_set, v.prompt, self.max_new_tokens, self.batch_size
         )
-        entry = {"step": state.global_step, **{k: result[k] for k in _SUMMARY}}
+        entry = {"step": step, **{k: result[k] for k in _SUMMARY}}
         previous = self.best
         self.history.append(entry)
         logger.info(
@@ -340,31 +363,38 @@ class BestPolicyCallback(TrainerCallback):
             entry["fail_rate"],
         )
         if previous is None or entry["macro_f1"] > previous["macro_f1"]:
-            save_policy(model, self.best_dir, self.processor)
+            staged = atomic.staging_folder(self.best_dir)
+            save_policy(model, staged, self.processor)
             best = {**entry, "per_label": result["per_label"], "label_set": v.label_set, "n": result["n"]}
-            (self.best_dir / BEST_JSON).write_text(json.dumps(best, indent=1) + "\n")
+            (staged / BEST_JSON).write_text(json.dumps(best, indent=1) + "\n")
+            fault_point("best-adapter-staged")
+            atomic.install_folder(staged, self.best_dir)
             logger.info("new best policy (macro-F1 %.3f) saved to %s", entry["macro_f1"], self.best_dir)
-        (checkpoint_folder(args, state) / VALIDATION_JSON).write_text(json.dumps(self.history, indent=1) + "\n")
+        history = json.dumps(self.history, indent=1) + "\n"
+        atomic.write_text(self.output_dir / VALIDATION_JSON, history)
+        atomic.write_text(checkpoint / VALIDATION_JSON, history)  # last: the checkpoint's validation is complete
+        return entry
 
     def restore(self, checkpoint: str | Path | None) -> list[dict]:
         """Restore the validation history saved in `checkpoint` and return it.
 
-        A checkpoint written just before a run stopped may lack it (the validation runs after the checkpoint is
-        written): the best so far is then read back from ``best_adapter/best.json``, so a worse later policy
-        cannot replace it.
+        A checkpoint whose validation a kill interrupted lacks it: the history is then the run's validations
+        before that step (``<output_dir>/grpo_validation.json``), and the checkpoint is validated when training
+        begins (`on_train_begin`).
         """
-        self.history = []
+        self.history, self.unvalidated = [], None
+        atomic.recover_folder(self.best_dir)  # a best adapter a kill left half-installed
         if checkpoint is None:
             return self.history
-        path, best = Path(checkpoint) / VALIDATION_JSON, self.best_dir / BEST_JSON
+        checkpoint = Path(checkpoint)
+        path, run = checkpoint / VALIDATION_JSON, self.output_dir / VALIDATION_JSON
         if path.is_file():
             self.history = json.loads(path.read_text())
-        elif best.is_file():
-            entry = json.loads(best.read_text())
-            self.history = [{key: entry[key] for key in ("step", *_SUMMARY)}]
-            logger.warning(
-                "%s has no %s: starting from the best so far, step %d", checkpoint, path.name, entry["step"]
-            )
+            return self.history
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        if run.is_file():
+            self.history = [entry for entry in json.loads(run.read_text()) if entry["step"] < step]
+        self.unvalidated = checkpoint
         return self.history
 
 
@@ -395,16 +425,21 @@ class GRPORun:
             self.best_policy.restore(resume_from_checkpoint)
         self.trainer.train(resume_from_checkpoint=resume_from_checkpoint)
 
+    @property
+    def checkpoint_files(self) -> list[str]:
+        """The files this run writes into each checkpoint before it is complete (`last_checkpoint`'s ``required``)."""
+        return self.reward_state.required
+
     def save(self, output_dir: str | Path) -> Path:
-        """Save the final policy to ``<output_dir>/adapter`` and the logs to ``<output_dir>/grpo_log.json``."""
+        """Save ``<output_dir>/grpo_log.json``, then the final policy as ``<output_dir>/adapter`` (installed whole)."""
         output_dir = Path(output_dir)
         adapter = output_dir / "adapter"
         if self.trainer.accelerator.is_main_process:
-            save_policy(self.policy, adapter, self.processor)
             validation = self.best_policy.history if self.best_policy is not None else []
             best = self.best_policy.best if self.best_policy is not None else None
             log = {"log_history": self.trainer.state.log_history, "validation": validation, "best": best}
-            (output_dir / "grpo_log.json").write_text(json.dumps(log, indent=1) + "\n")
+            save = lambda folder: save_policy(self.policy, folder, self.processor)  # noqa: E731
+            install_stage_output(adapter, save, output_dir / "grpo_log.json", log)
         return adapter
 
 
@@ -431,7 +466,7 @@ def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], a
     )
     reward_state = RewardStateCallback(rewards, process_index=config.process_index)
     samples = CompletionSamples(protocol)
-    callbacks: list[TrainerCallback] = [reward_state, CompletionSampleCallback(samples, config.output_dir)]
+    callbacks: list[TrainerCallback] = [CompletionSampleCallback(samples, config.output_dir)]
     best_policy = None
     if config.validation_samples:
         validation = ValidationSet.from_dataset(
@@ -455,4 +490,5 @@ def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], a
         processing_class=processor,
         callbacks=callbacks,
     )
+    trainer.before_state(reward_state.write)  # the window is in a checkpoint before it is complete
     return GRPORun(trainer, processor, rewards, reward_state, best_policy)

@@ -28,6 +28,7 @@ from trl import GRPOTrainer
 
 from chexreason.parsing import parse_completion
 from chexreason.rewards import jaccard
+from chexreason.training.resume import ExactResume
 
 COMPLETIONS_JSONL = "completions.jsonl"  # beside the run: a few scored completions per logging step
 SAMPLES_PER_LOG = 4
@@ -96,9 +97,9 @@ class CompletionSampleCallback(TrainerCallback):
         self.samples.texts = []  # each batch is written once, however many logs follow it
 
 
-class ClipRateTrainer(GRPOTrainer):
+class ClipRateTrainer(ExactResume, GRPOTrainer):
     """TRL's GRPOTrainer, also logging ``grad_clip_rate``: the share of optimizer steps since the last log whose
-    gradient norm before clipping exceeded ``max_grad_norm``."""
+    gradient norm before clipping exceeded ``max_grad_norm``; resumed exactly (`ExactResume`)."""
 
     def _clip_grad_norm(self, model: Any) -> Any:
         # transformers 5.23 calls this once per optimizer step (when max_grad_norm > 0); it returns the norm before
