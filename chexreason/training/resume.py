@@ -5,10 +5,11 @@
   when its state parses, its weights' headers read and every file its stage adds (``required``) is there.
 - **Everything the uninterrupted run would still hold.** Between two logging steps the Trainer accumulates the
   loss (``_tr_loss``), TRL its metrics (``_metrics``) and `ClipRateTrainer` its clip flags, and SFTTrainer counts
-  the tokens trained on; at a resume they start empty, so the first log after a resume would average fewer steps and the final ``train_loss`` only the
-  resumed ones. `ExactResume` writes them into each checkpoint (``resume_state_rank<i>.json``, before the trainer
-  state that makes the checkpoint complete), with whatever else a stage registers (`before_state`: the nuanced
-  reward's window), and puts them back when training begins.
+  the tokens trained on; at a resume they start empty, so the first log after a resume would average fewer steps
+  and the final ``train_loss`` only the resumed ones. `ExactResume` writes them, and the model's mode, into each
+  checkpoint (``resume_state_rank<i>.json``, before the trainer state that makes the checkpoint complete), with
+  whatever else a stage registers (`before_state`: the nuanced reward's window), and puts them back when
+  training begins.
 - **Final artefacts.** `install_stage_output` writes a stage's log and then its adapter or model folder, each
   atomically (`chexreason.atomic`): a folder that exists is complete and its log is beside it.
 """
