@@ -105,8 +105,9 @@ def grpo_reference(runner, tiny, sft_adapter, data_recipe, tmp_path_factory) -> 
     return root
 
 
-def test_grpo_killed_anywhere_ends_as_if_never_killed(runner, grpo_reference, tiny, sft_adapter, data_recipe,
-                                                      tmp_path):
+def test_grpo_killed_anywhere_ends_as_if_never_killed(
+    runner, grpo_reference, tiny, sft_adapter, data_recipe, tmp_path
+):
     """Killed after checkpoint-8's window is written but before its trainer state (resumes from checkpoint-4), then
     during checkpoint-8's validation (complete checkpoint, validation not), after the final log but before the final
     adapter, and during the export: each rerun resumes from the newest complete checkpoint, validates what was not
