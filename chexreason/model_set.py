@@ -228,11 +228,13 @@ class ModelSet:
         total: int | None = None,
         *,
         settings: GenerationSettings | None = None,
+        start: int = 0,
     ) -> list[list[Completion]]:
         """Like `generate_batch`, with each answer's token count and whether it was cut off (`Completion`).
 
         `images` may be a lazy iterable (pass `total` for the bar). Seeds follow each image's index in the whole
-        run, so the batch size does not change which random draws a row gets.
+        run (`start`: the index of the first image, for a run done in parts), so the batch size does not change
+        which random draws a row gets.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -246,11 +248,11 @@ class ModelSet:
             for image in images:
                 chunk.append(_as_rgb(image))
                 if len(chunk) == batch_size:
-                    results += self._generate(chunk, names, prompt, settings, offset=len(results))
+                    results += self._generate(chunk, names, prompt, settings, offset=start + len(results))
                     bar.update(len(chunk))
                     chunk = []
             if chunk:
-                results += self._generate(chunk, names, prompt, settings, offset=len(results))
+                results += self._generate(chunk, names, prompt, settings, offset=start + len(results))
                 bar.update(len(chunk))
         return results
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,87 @@ def test_sft_killed_anywhere_ends_as_if_never_killed(runner, tiny, data_recipe, 
     log = json_of(run / "sft_log.json")
     assert [entry["step"] for entry in log if "loss" in entry] == [3]  # step 3's log averages steps 1-3
     assert log == json_of(ref / "sft_log.json")
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluation_killed_anywhere_keeps_the_previous_results_and_ends_as_if_never_killed(
+    runner, tiny_set, data_recipe, tmp_path
+):
+    """Killed after a batch of the second split (resumes from its records, losing no complete batch) and after
+    every record but before the summary: until the end, the previous good results stay; then the same results."""
+    from chexreason.results import load_results
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return ["--models", str(tiny_set), "--data_config", str(data_recipe), "--out", str(out),
+                "--batch_size", "2", "--n_resamples", "50", "--max_new_tokens", "16", *extra]  # fmt: skip
+
+    assert runner.run("evaluate", args(tmp_path / "reference" / "eval.json")) == 0
+    out = tmp_path / "killed" / "eval.json"
+    assert runner.run("evaluate", args(out, "--limit", "2")) == 0  # a good, older result in place
+    previous = out.read_bytes()
+    for fault in ("evaluate-batch:3", "results-write"):
+        assert runner.run("evaluate", args(out), fault) == -signal.SIGKILL
+        assert out.read_bytes() == previous and load_results(out).runs[0].metrics["n"] == 2
+    log = runner.log_dir / f"{runner.runs:02d}-evaluate-results-write.log"
+    assert "2 records kept" not in log.read_text() and "records kept" in log.read_text()
+    assert runner.run("evaluate", args(out)) == 0
+    ref = tmp_path / "reference"
+    assert json_of(out) == json_of(ref / "eval.json")
+    assert (out.parent / "eval.records.jsonl").read_bytes() == (ref / "eval.records.jsonl").read_bytes()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json", "eval.records.jsonl"]  # nothing pending
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def _data_recipe(folder: Path, seed: int, workers: int = 1) -> Path:
+    recipe = folder / f"data-seed{seed}.yaml"
+    recipe.write_text(Path("train/recipes/tiny/data.yaml").read_text() + f"\noutput_dir: {folder / 'built'}\n"
+                      f"seed: {seed}\nsft_samples: 20\nrl_samples: 4\ntest_samples_per_site: 4\nimage_size: 64\n"
+                      f"workers: {workers}\n")  # fmt: skip
+    return recipe
+
+
+def _rows(folder: Path) -> dict:
+    from datasets import load_from_disk
+
+    built = load_from_disk(str(folder / "built" / "datasets"))
+    return {name: (split["id"], split["ground_truth"]) for name, split in built.items()}
+
+
+def test_a_data_build_killed_before_its_manifest_is_rebuilt_not_mistaken_for_another(runner, tmp_path):
+    """Seed 0 built; a seed-1 build into the same folder killed between installing its datasets and writing its
+    manifest; the seed-0 command then rebuilds (it must not reuse seed 1's rows as "the same config")."""
+    seed0, seed1 = _data_recipe(tmp_path, 0), _data_recipe(tmp_path, 1)
+    assert runner.run("data", ["--config", str(seed0)]) == 0
+    rows0 = _rows(tmp_path)
+    assert runner.run("data", ["--config", str(seed1)], "manifest-write") == -signal.SIGKILL
+    assert _rows(tmp_path) != rows0 and not (tmp_path / "built" / "manifest.json").exists()
+    assert runner.run("data", ["--config", str(seed0)]) == 0
+    assert _rows(tmp_path) == rows0
+    (tmp_path / "built" / "manifest.json").write_text('{"fingerprint": "cut sh')  # a manifest cut short
+    assert runner.run("data", ["--config", str(seed0)]) == 0  # rebuilt, with a warning: no traceback
+    assert _rows(tmp_path) == rows0 and json.loads((tmp_path / "built" / "manifest.json").read_text())["splits"]
+
+
+def test_a_killed_data_build_leaves_no_worker_processes(runner, tmp_path):
+    assert runner.run("data", ["--config", str(_data_recipe(tmp_path, 0, workers=2))], "data-generating") == -9
+    session = runner.last_pid  # the child was its session's leader: its workers are in that session
+    deadline = time.monotonic() + 10
+    while (left := _in_session(session)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"worker processes outlived the killed build: {left}"
+
+
+def _in_session(session: int) -> list[int]:
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+            left.append(int(stat.parent.name))
+    return left
