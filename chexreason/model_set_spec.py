@@ -33,7 +33,7 @@ adapters are checked when the file is read, so a typo fails before any weights l
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,6 +316,7 @@ def _checkpoint_spec(entry: _CheckpointEntry, base_dir: Path, where: str, check_
     )
     if check_paths:
         _check_local_files(model, adapter, where)
+        _check_readable_weights([model] if adapter is None else [model, adapter], where)
     return CheckpointSpec(
         name=entry.name,
         model=model,
@@ -348,3 +349,23 @@ def _check_local_files(model: str, adapter: str | None, where: str) -> None:
     for needed in ("adapter_config.json", ADAPTER_WEIGHTS):
         if not (Path(adapter) / needed).is_file():
             raise ModelSetError(f"{where}: adapter folder {adapter} has no {needed} (save it with save_pretrained)")
+
+
+def _check_readable_weights(folders: Iterable[str], where: str) -> None:
+    for folder in folders:
+        if not is_hub_id(folder) and (problem := unreadable_weights(Path(folder))):
+            raise ModelSetError(f"{where}: {problem} (a copy or download cut short? copy or export it again)")
+
+
+def unreadable_weights(folder: Path) -> str | None:
+    """Which ``*.safetensors`` file in `folder` cannot be opened (its header cut short or garbled), or None.
+    Reads each file's header only, so a set of any size is checked at start in moments."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception:  # safetensors raises its own error types for a truncated or garbled file
+            return f"{path} is cut short or unreadable"
+    return None

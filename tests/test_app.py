@@ -267,3 +267,22 @@ def test_no_public_tunnel_even_when_the_environment_asks(tiny_set, monkeypatch):
         assert demo.share is False and demo.share_url is None
     finally:
         demo.close()
+
+
+def test_results_of_other_weights_are_flagged(tmp_path):
+    """eval.json records the fingerprints of the weights it scored: a set whose weights changed since shows a
+    warning on its Results tab (and only then)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "tiny"
+    shutil.copytree("checkpoints/tiny", copy)
+    assert "results-stale" not in json.dumps(build_demo(copy / "model_set.yaml").get_config_file(), default=str)
+    weights = copy / "grpo" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    first = next(iter(tensors))
+    tensors[first] = tensors[first] + 1e-3  # GRPO trained again, say, and the set not evaluated again
+    save_file(tensors, weights, metadata={"format": "pt"})
+    config = json.dumps(build_demo(copy / "model_set.yaml").get_config_file(), default=str)
+    assert "results-stale" in config and "scored other weights for grpo" in config

@@ -250,7 +250,10 @@ def test_recipe_sets_the_papers_grpo_values():
         (["--reward_weights", "1.0", "2.0"], "one weight per reward"),
         (["--validation_samples", "-1"], "validation_samples"),
         (["--data_config", "nope.yaml"], "does not exist"),
-        (["--sft_adapter", "nowhere", "--sft_recipe", ""], "no SFT adapter at nowhere"),
+        (
+            ["--model_name_or_path", "checkpoints/tiny/base", "--sft_adapter", "nowhere", "--sft_recipe", ""],
+            "no SFT adapter at nowhere",
+        ),
     ],
 )
 def test_grpo_config_errors_are_messages(tmp_path, override, message, data_recipe):
@@ -358,6 +361,37 @@ def test_export_bundles_a_loadable_evaluated_model_set(tiny, sft_adapter, data_r
     assert "not for diagnosis" in card and "grpo − sft" in card and "truncation rate" in card
     assert "python -m train.grpo --config " in card and "--max_steps 1" in card  # the command that made it
     assert (export / "logs" / "grpo_log.json").exists()
+
+
+def test_a_rerun_redoes_only_what_is_missing_or_stale(tiny, sft_adapter, data_recipe, tmp_path, monkeypatch):
+    """After the adapter exists, a rerun still finishes the chain: nothing when all is current, the model card
+    when it is missing, and the export and evaluation when the set's weights are not the run's."""
+    from safetensors.torch import save_file
+
+    from train import grpo, recipe
+
+    export = tmp_path / "export"
+    argv = [*_args(tiny, sft_adapter, data_recipe, tmp_path / "run", "--max_steps", "1", "--validation_samples", "0"),
+            "--export_dir", str(export), "--evaluate_after", "true"]  # fmt: skip
+    grpo.main(argv)
+    evaluations, run_stage = [], recipe.run_stage
+
+    def spy(stage: str, args: list[str]):
+        evaluations.append(stage)
+        return run_stage(stage, args)
+
+    monkeypatch.setattr(recipe, "run_stage", spy)
+    results = (export / "eval.json").read_bytes()
+    grpo.main(argv)
+    assert evaluations == [] and (export / "eval.json").read_bytes() == results
+    (export / "README.md").unlink()
+    grpo.main(argv)
+    assert evaluations == [] and (export / "README.md").is_file()
+    save_file({"x": torch.zeros(1)}, export / "grpo" / "adapter_model.safetensors")  # other weights in the set
+    grpo.main(argv)
+    assert evaluations == ["evaluate"]
+    weights = "adapter_model.safetensors"
+    assert (export / "grpo" / weights).read_bytes() == (tmp_path / "run" / "adapter" / weights).read_bytes()
 
 
 def test_model_card_warns_of_phantoms_only_when_it_was_scored_on_phantoms():

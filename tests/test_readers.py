@@ -452,6 +452,15 @@ def test_nih_split_list_restricts_records(tmp_path):
     _accounted(result.summary)
 
 
+@pytest.mark.parametrize("names", [["00099999_000.png", "00099998_000.png"], []], ids=["another table's", "empty"])
+def test_an_nih_split_list_that_matches_nothing_is_an_error(tmp_path, names):
+    csv_path = _nih_csv(tmp_path / "Data_Entry_2017.csv", NIH_ROWS)
+    _nih_images(tmp_path / "images", NIH_NAMES)
+    split = _write(tmp_path / "test_list.txt", names)
+    with pytest.raises(DatasetError, match=r"none of its .* file names is in"):
+        read_nih(csv_path, tmp_path / "images", split_list=split)
+
+
 @pytest.mark.parametrize(
     ("bad_row", "kind", "example"),
     [

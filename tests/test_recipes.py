@@ -327,3 +327,91 @@ def test_a_nonsense_step_count_and_a_wrong_typed_value_are_short_messages(stage,
         main(["--learning_rate", "abc"])
     error = capsys.readouterr().err.strip().splitlines()
     assert "invalid float value: 'abc'" in error[-1] and len(error) <= 3, error  # not every field's usage
+
+
+@pytest.fixture(scope="module")
+def cut_short_set(tmp_path_factory) -> Path:
+    """A copy of the bundled tiny set whose GRPO weights a copy cut short."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("cut-short") / "tiny"
+    shutil.copytree("checkpoints/tiny", folder)
+    weights = folder / "grpo" / "adapter_model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    return folder
+
+
+def test_cut_short_weights_in_a_model_set_are_a_message_everywhere(cut_short_set, capsys, tmp_path):
+    import app
+    from chexreason import predict
+    from train import evaluate
+
+    spec = str(cut_short_set / "model_set.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--models", spec])
+    assert "adapter_model.safetensors is cut short or unreadable" in str(exit_info.value)
+    with pytest.raises(SystemExit):
+        predict.main(
+            ["--models", spec, "chexreason/app/examples/phantom-a-0-003104.png", "--out", str(tmp_path / "p.csv")]
+        )
+    assert "adapter_model.safetensors is cut short or unreadable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        app._build_or_exit(spec)
+    assert "cut short or unreadable" in str(exit_info.value) and "\n" not in str(exit_info.value)
+
+
+@pytest.mark.parametrize(
+    ("stage", "args", "words"),
+    [
+        ("train.sft", ["--model_name_or_path", "/nowhere/model", "--base_recipe", ""], "neither a local folder"),
+        ("train.sft", ["--max_train_samples", "-3"], "max_train_samples must be at least 1"),
+        ("train.sft", ["--model_name_or_path", "{cut_base}", "--base_recipe", ""], "cut short or unreadable"),
+        (
+            "train.grpo",
+            ["--model_name_or_path", "{cut}/base", "--sft_adapter", "{cut}/grpo", "--sft_recipe", ""],
+            "cut short or unreadable",
+        ),
+        (
+            "train.grpo",
+            ["--model_name_or_path", "{cut}/base", "--sft_adapter", "/nowhere", "--sft_recipe", ""],
+            "no SFT adapter at /nowhere",
+        ),
+        ("train.grpo", ["--data_config", "{typo}"], "invalid int value: 'two thousand'"),
+        ("train.sft", ["--data_config", "{typo}"], "invalid int value: 'two thousand'"),
+        ("train.evaluate", ["--data_config", "{typo}"], "invalid int value: 'two thousand'"),
+    ],
+)
+def test_a_bad_start_is_one_line_before_any_work(stage, args, words, cut_short_set, tmp_path):
+    import importlib
+    import shutil
+
+    typo = tmp_path / "data.yaml"
+    typo.write_text(Path("train/recipes/tiny/data.yaml").read_text() + "sft_samples: two thousand\n")
+    cut_base = tmp_path / "base"
+    shutil.copytree(cut_short_set / "base", cut_base)
+    with (cut_base / "model.safetensors").open("r+b") as f:
+        f.truncate(1000)
+    args = [arg.format(cut=cut_short_set, cut_base=cut_base, typo=typo) for arg in args]
+    out = (
+        ["--out", str(tmp_path / "out" / "eval.json")]
+        if stage == "train.evaluate"
+        else ["--output_dir", str(tmp_path / "out")]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(stage).main([*args, *out])
+    message = str(exit_info.value)
+    assert words in message and "\n" not in message, message
+    assert not (tmp_path / "out").exists()  # no work was done
+
+
+def test_a_data_recipe_reads_the_same_as_a_stage_and_as_train_data(tmp_path):
+    """``seed: "0"`` is the number 0 whether `train.data` reads the recipe or a stage's ``data_config`` does: one
+    config, one fingerprint, so neither rebuilds the other's data."""
+    from chexreason.data.config import DataConfig
+    from train.configs import parse_recipe
+
+    recipe = tmp_path / "data.yaml"
+    recipe.write_text(Path("train/recipes/tiny/data.yaml").read_text().replace("seed: 0", 'seed: "0"'))
+    (by_train_data,) = parse_recipe("train.data", (DataConfig,), ["--config", str(recipe)])
+    assert read_data_config(str(recipe)) == by_train_data and by_train_data.seed == 0

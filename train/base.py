@@ -10,17 +10,17 @@ CPU. Not part of the paper: MedGemma-4B arrives pretrained; this stage exists be
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from trl import SFTTrainer
 
+from chexreason import atomic
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint
 from chexreason.training.pretrain import base_corpus, caption_conversations, format_conversations, warm_up_vision
+from chexreason.training.resume import ResumableSFTTrainer, install_stage_output
 from chexreason.training.tiny_model import TinySpec, build_tiny
 from train import recipe
 from train.configs import BaseStageConfig
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> Path:
     config, data = recipe.start_training_stage("train.base", (BaseStageConfig,), argv)
     out = Path(config.output_dir)
-    final = out / "model"
+    final = atomic.recover_folder(out / "model")  # a final save a kill interrupted: finished or undone
     if (final / "model.safetensors").exists():
         logger.info("base model already built at %s", final)
         return final
@@ -58,12 +58,15 @@ def main(argv: list[str] | None = None) -> Path:
         config.seed,
     )
     dataset = Dataset.from_list(captions + formats).shuffle(seed=config.seed)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
+    trainer = ResumableSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
-    trainer.save_model(str(final))
-    processor.save_pretrained(final)
+
+    def save(folder: Path) -> None:
+        trainer.save_model(str(folder))
+        processor.save_pretrained(folder)
+
     log = {"vision_warm_up": vision_log, "language": trainer.state.log_history}
-    (out / "base_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    install_stage_output(final, save, out / "base_log.json", log)  # the log first, then the model, each whole
     return final
 
 

@@ -223,6 +223,9 @@ class SFTStageConfig(SFTConfig):
             raise ValueError("sft config: early_stopping_patience must be at least 1")
         if str(self.eval_strategy) == "no" or str(self.eval_strategy) != str(self.save_strategy):
             raise ValueError("sft config: early stopping needs eval_strategy == save_strategy (e.g. both 'epoch')")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"sft config: {name} must be at least 1 (or unset: every example)")
         super().__post_init__()
 
     def paper_departures(self) -> dict[str, tuple[object, object]]:

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             built = load_built(data.output_dir)
             run = build_grpo_run(model_args, config, built, get_answer_format(data.answer_format))
-        except FileNotFoundError as error:
-            sys.exit(f"train.grpo: {error}")
+        except OSError as error:  # also a Hub id this machine cannot resolve (offline, gated)
+            sys.exit(f"train.grpo: {' '.join(str(error).split())}")
         run.train(resume_from_checkpoint=last_checkpoint(out, required=run.checkpoint_files))
         run.save(out)
     # Also after a rerun: an export, evaluation or model card a kill left missing or stale is made again.

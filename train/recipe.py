@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib
 import logging
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-from chexreason.model_set_spec import read_model_set
+from chexreason.model_set_spec import is_hub_id, read_model_set, unreadable_weights
 from chexreason.results import ResultsError, load_results, scored_other_weights
 from chexreason.training.export import export_is_current, export_model_set, write_model_card
 from chexreason.training.fused_head import score_labelled_positions_only
@@ -34,7 +35,31 @@ def start_training_stage(prog: str, types: tuple[type, ...], argv: list[str] | N
     ends the program with a one-line message."""
     log_to_console()
     score_labelled_positions_only()
-    return parse_stage(prog, types, argv)
+    configs = parse_stage(prog, types, argv)
+    model_args, config = configs[0], configs[-2]
+    if isinstance(model_args, ModelArguments) and (problem := missing_start(model_args, config)):
+        sys.exit(f"{prog}: {problem}")
+    return configs
+
+
+def missing_start(model_args: ModelArguments, config: SFTStageConfig | GRPOStageConfig) -> str | None:
+    """What a training stage would start from and cannot, said before any work: a base model that is neither a
+    local folder nor a Hub id, with no recipe to build it; unreadable weights; GRPO's SFT adapter absent, with no
+    ``sft_recipe`` to train it. (A stage whose start a recipe builds is checked by that recipe's own stage.)"""
+    builds_start = getattr(config, "base_recipe", None) or getattr(config, "sft_recipe", None)
+    model = str(model_args.model_name_or_path)
+    if Path(model).is_dir():
+        if problem := unreadable_weights(Path(model)):
+            return f"model_name_or_path: {problem}"
+    elif not is_hub_id(model) and not builds_start:
+        return f"model_name_or_path {model!r} is neither a local folder nor a Hub id (owner/name)"
+    adapter = getattr(config, "sft_adapter", None)
+    if adapter is not None:
+        if (Path(adapter) / ADAPTER_CONFIG).is_file():
+            return unreadable_weights(Path(adapter))
+        if not config.sft_recipe:
+            return f"no SFT adapter at {adapter}; train it with `python -m train.sft` (or set sft_recipe)"
+    return None
 
 
 def run_stage(stage: str, argv: list[str]) -> Any:

@@ -16,17 +16,17 @@ The tiny recipe's departures are listed in its YAML; every run logs how its valu
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback
-from trl import SFTTrainer
 
 from chexreason import atomic
 from chexreason.data.build import build_datasets, load_built
 from chexreason.prompts import get_answer_format
 from chexreason.training import last_checkpoint, load_model, lora_config, sft_rows
 from chexreason.training.common import named_template_matches
-from chexreason.training.resume import ExactResume, install_stage_output
+from chexreason.training.resume import ResumableSFTTrainer, install_stage_output
 from train import recipe
 from train.configs import ModelArguments, SFTStageConfig
 
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> Path:
     with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse
         build_datasets(data)
     recipe.ensure_base(model_args, config)
-    model, processor = load_model(model_args)
+    try:
+        model, processor = load_model(model_args)
+    except OSError as error:  # a Hub id this machine cannot resolve (offline, gated), a folder without a model
+        sys.exit(f"train.sft: cannot load {model_args.model_name_or_path}: {' '.join(str(error).split())}")
     if config.chat_template_path and config.chat_template_path.endswith(".jinja"):
         named_template_matches(processor, config.chat_template_path)  # SFTTrainer then makes it the template
     built, fmt = load_built(data.output_dir), get_answer_format(data.answer_format)
@@ -68,10 +71,6 @@ def main(argv: list[str] | None = None) -> Path:
     if trainer.is_world_process_zero():
         install_stage_output(adapter, save, out / "sft_log.json", trainer.state.log_history)
     return adapter
-
-
-class ResumableSFTTrainer(ExactResume, SFTTrainer):
-    """TRL's SFTTrainer, resumed exactly (`chexreason.training.resume.ExactResume`)."""
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from chexreason.modeling import (
     load_model_set,
     resolve_model_set_path,
 )
-from chexreason.results import ResultsError, load_paper_tables, load_results, paper_source
+from chexreason.results import ResultsError, load_paper_tables, load_results, paper_source, scored_other_weights
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,14 @@ def _our_results(comparer: Comparer, path: Path) -> None:
         gr.Markdown(f"The results file `{path.name}` could not be read: {err}")
         return
     titles = {name: comparer.titles[name] for name in comparer.names}
+    other = scored_other_weights(results, comparer.model_set.spec.checkpoints)
+    if other:  # e.g. a set re-exported, or trained again, without evaluating it again
+        logger.warning("%s scored other weights than the set has now for %s", path, ", ".join(other))
+        gr.Markdown(
+            f"⚠️ **These results are not of the weights this app serves**: `{path.name}` scored other weights for "
+            f"{', '.join(other)} (by their fingerprints). Re-run `python -m train.evaluate --models <this set>`.",
+            elem_id="results-stale",
+        )
     decoding = results.generation.describe() if results.generation else "decoding not recorded"
     source = f"Source: {path.name} ({results.created}), `python -m train.evaluate`, {decoding}"
     gr.Markdown(

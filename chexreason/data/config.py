@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from chexreason.config_checks import requirement
 from chexreason.data.readers import UNCERTAINTY_POLICIES
@@ -160,11 +161,19 @@ class DataConfig:
 
 
 def read_data_config(path: str) -> DataConfig:
-    """The DataConfig of a data recipe YAML (the stages name theirs with `data_config`)."""
-    from transformers import HfArgumentParser
+    """The DataConfig of a data recipe YAML (the stages name theirs with ``data_config``), parsed exactly as
+    ``python -m train.data --config <path>`` parses it: the same types (``seed: "0"`` is the number 0 in both, so
+    both compute the same fingerprint and reuse each other's build), the same checks. A mistake is a ValueError
+    naming the file."""
+    import argparse
 
+    import yaml
+    from trl import TrlParser
+
+    if not Path(path).is_file():
+        raise ValueError(f"data_config {path!r} does not exist")
     try:
-        (config,) = HfArgumentParser(DataConfig).parse_yaml_file(path)
-    except FileNotFoundError:
-        raise ValueError(f"data_config {path!r} does not exist") from None
+        (config,) = TrlParser((DataConfig,), exit_on_error=False).parse_args_and_config(args=["--config", str(path)])
+    except (argparse.ArgumentError, yaml.YAMLError, ValueError, TypeError) as error:
+        raise ValueError(f"data_config {path}: {' '.join(str(error).split())}") from None
     return config

@@ -411,6 +411,12 @@ def read_nih(
         return name, f"image {name}", _nih_record(row, name, path)
 
     records = [record for _, _, record in parsed_rows(csv_path, _NIH_COLUMNS, summary, parse)]
+    if wanted is not None and named and not wanted & named:  # another dataset's list, or another CSV version's
+        example = f"e.g. {min(wanted)!r}" if wanted else "it is empty"
+        raise DatasetError(
+            f"NIH split list {split_list}: none of its {len(wanted)} file names is in {csv_path} ({example}); "
+            "is it the list of this data-entry table?"
+        )
     for name in sorted((wanted or set()) - named):
         summary.add(NOT_IN_CSV, name, drops_row=False)
     return finish(records, summary, csv_path)

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import SFTTrainer
 
 from chexreason import atomic
 from chexreason.faults import fault_point
+from chexreason.model_set_spec import unreadable_weights
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +67,10 @@ def incomplete_checkpoint(folder: Path, required: Iterable[str] = ()) -> str | N
         return "no trainer_state.json"
     except (OSError, ValueError, KeyError, TypeError):
         return "trainer_state.json is cut short or unreadable"
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
+    if not any(folder.glob("*.safetensors")):
         return "no weights (*.safetensors)"
-    for path in weights:
-        try:
-            with safe_open(path, framework="pt"):
-                pass
-        except Exception:  # safetensors raises its own error types for a truncated or garbled header
-            return f"{path.name} is cut short or unreadable"
+    if problem := unreadable_weights(folder):
+        return problem
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         return f"no {', '.join(missing)}"
@@ -153,6 +149,10 @@ class ExactResume:
         self.__dict__["_clip_steps"] = list(pending["clip_steps"])
         for name, value in pending.get("counters", {}).items():
             setattr(self, name, value)
+
+
+class ResumableSFTTrainer(ExactResume, SFTTrainer):
+    """TRL's SFTTrainer, resumed exactly (`ExactResume`): the SFT stage's trainer and the tiny base stage's."""
 
 
 class _RestoreAtTrainBegin(TrainerCallback):
