@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -120,8 +121,9 @@ def evaluate(
     if records is not None:
         identity = {"model_set": model_set.spec.name, "weights": {c: w["digest"] for c, w in weights.items()},
                     "splits": {name: split.fingerprint for name, split in splits.items()},
-                    "settings": asdict(settings), "batch_size": batch_size}  # fmt: skip
-        done = records.open(identity, [(pass_key, splits[pass_key[0]].n) for pass_key, _ in plan])
+                    "budgets": {c: model_set.budget_of(c, settings) for c in used},
+                    "settings": asdict(settings)}  # fmt: skip
+        done = records.open(identity, [(pass_key, splits[pass_key[0]].n) for pass_key, _ in plan], batch_size)
     runs, comparisons = [], []
     for (name, pairs), prompt_key in plan:
         dataset, label_set = datasets[name], splits[name].label_set
@@ -243,11 +245,14 @@ class RecordLog:
         self.plan_path = self.path.with_name(self.path.name + ".plan")
         self._writer: RecordWriter | None = None
 
-    def open(self, identity: dict, passes: Sequence[tuple[PassKey, int]]) -> dict[PassKey, list[list[Completion]]]:
-        key = fingerprint({"identity": identity, "passes": [list(p) for p in passes]})
+    def open(
+        self, identity: dict, passes: Sequence[tuple[PassKey, int]], batch_size: int
+    ) -> dict[PassKey, list[list[Completion]]]:
+        """Start or resume: `identity` is what is evaluated, `passes` each pass with its number of images."""
+        key = fingerprint({"identity": identity, "passes": [list(p) for p in passes], "batch_size": batch_size})
         kept: dict[PassKey, list[list[Completion]]] = {}
         if self.path.is_file() and self.plan_path.is_file() and self.plan_path.read_text().strip() == key:
-            kept = self._resume(passes)
+            kept = self._resume(passes, batch_size)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("")
@@ -255,13 +260,13 @@ class RecordLog:
         self._writer = RecordWriter(self.path, fresh=False)
         return kept
 
-    def _resume(self, passes: Sequence[tuple[PassKey, int]]) -> dict[PassKey, list[list[Completion]]]:
+    def _resume(self, passes: Sequence[tuple[PassKey, int]], batch_size: int) -> dict[PassKey, list[list[Completion]]]:
         found: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
-        with self.path.open(encoding="utf-8") as lines:
+        with self.path.open("rb") as lines:
             for line in lines:
                 try:
-                    record = Record.model_validate_json(line)
-                except ValidationError:  # the line a kill cut off, and nothing after it
+                    record = Record.model_validate_json(line.decode("utf-8"))
+                except (ValidationError, UnicodeDecodeError):  # the line a kill cut off, and nothing after it
                     break
                 bucket = found[record.dataset, record.checkpoint, record.prompt]
                 if record.index == len(bucket):
@@ -269,6 +274,8 @@ class RecordLog:
         kept, lines_kept = {}, []
         for (name, pairs), n in passes:
             done = min(min(len(found[name, c, p]) for c, p in pairs), n)
+            if done < n:  # whole batches only, so that the rest is batched as an uninterrupted run batches it
+                done -= done % batch_size
             columns = [found[name, c, p][:done] for c, p in pairs]
             kept[name, pairs] = [[Completion(r.output, r.n_tokens or 0, bool(r.truncated)) for r in row]
                                  for row in zip(*columns, strict=True)]  # fmt: skip
@@ -311,8 +318,14 @@ def write_evaluation(
     finally:
         log.close()
     fault_point("results-write")
-    if keep_records:
-        save_results(results, out, records=log.path)
+    if keep_records:  # a link is installed; the pending file stays until the summary is in, for a rerun to reuse
+        link = log.path.with_name(log.path.name + ".install")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(log.path, link)
+        except OSError:  # a file system without hard links
+            shutil.copy2(log.path, link)
+        save_results(results, out, records=link)
     else:
         save_results(results, out)
     log.discard()

@@ -157,3 +157,31 @@ def test_a_prompt_sweep_on_a_test_split_is_refused(tiny_set, data_recipe, monkey
     message = str(exit_info.value)
     assert message.startswith("train.evaluate: ") and "\n" not in message
     assert datasets[-1] in message and "selection on test" in message and "--datasets sft_validation" in message
+
+
+def test_a_resumed_evaluation_keeps_whole_batches_and_survives_a_cut_character(tmp_path):
+    """What a kill left: three complete images of a batch-2 pass, then a line cut inside a multi-byte character.
+    The rerun keeps the first whole batch only (so the rest is batched as before), and no decoding error."""
+    from chexreason.evaluation import RecordLog
+    from chexreason.records import Record
+
+    pairs = (("base", "free_reasoning"), ("sft", "free_reasoning"))
+    passes, identity = [(("test", pairs), 4)], {"what": "a test evaluation"}
+    log = RecordLog(tmp_path / ".eval.records.jsonl.partial")
+    assert log.open(identity, passes, batch_size=2) == {}
+
+    def record(i: int, checkpoint: str) -> Record:
+        fields = {"dataset": "test", "checkpoint": checkpoint, "prompt": "free_reasoning", "index": i}
+        return Record(**fields, source=f"img-{i}", truth=[], output=f"é {i}", predicted=None, parseable=False,
+                      truncated=True, n_tokens=3)  # fmt: skip
+
+    log.write(record(i, c) for i in range(3) for c, _ in pairs)
+    log.close()
+    cut = record(3, "base").model_dump_json().encode()
+    with log.path.open("ab") as f:
+        f.write(cut[: cut.index("é".encode()) + 1])  # half of the "é"
+    kept = RecordLog(log.path).open(identity, passes, batch_size=2)
+    assert [[c.text for c in row] for row in kept["test", pairs]] == [["é 0", "é 0"], ["é 1", "é 1"]]
+    assert len(log.path.read_text().splitlines()) == 4  # the file holds exactly what was kept
+    assert RecordLog(log.path).open({"what": "another"}, passes, batch_size=2) == {}  # another plan: fresh
+    assert log.path.read_text() == ""

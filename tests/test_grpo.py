@@ -368,6 +368,7 @@ def test_a_rerun_redoes_only_what_is_missing_or_stale(tiny, sft_adapter, data_re
     when it is missing, and the export and evaluation when the set's weights are not the run's."""
     from safetensors.torch import save_file
 
+    from chexreason.results import load_results, save_results
     from train import grpo, recipe
 
     export = tmp_path / "export"
@@ -387,9 +388,14 @@ def test_a_rerun_redoes_only_what_is_missing_or_stale(tiny, sft_adapter, data_re
     (export / "README.md").unlink()
     grpo.main(argv)
     assert evaluations == [] and (export / "README.md").is_file()
+    scored = load_results(export / "eval.json")  # results that say they scored other GRPO weights
+    scored.checkpoints["grpo"] = scored.checkpoints["grpo"].model_copy(update={"digest": "0" * 16})
+    save_results(scored, export / "eval.json")
+    grpo.main(argv)
+    assert evaluations == ["evaluate"] and load_results(export / "eval.json").checkpoints["grpo"].digest != "0" * 16
     save_file({"x": torch.zeros(1)}, export / "grpo" / "adapter_model.safetensors")  # other weights in the set
     grpo.main(argv)
-    assert evaluations == ["evaluate"]
+    assert evaluations == ["evaluate", "evaluate"]
     weights = "adapter_model.safetensors"
     assert (export / "grpo" / weights).read_bytes() == (tmp_path / "run" / "adapter" / weights).read_bytes()
 

@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> Path:
     model_args, config, data = recipe.start_training_stage("train.grpo", (ModelArguments, GRPOStageConfig), argv)
     out = Path(config.output_dir)
-    adapter = atomic.recover_folder(out / "adapter")  # a final save a kill interrupted: finished or undone
+    with config.main_process_first(desc="recovering an interrupted save"):  # DDP: one process at a time
+        adapter = atomic.recover_folder(out / "adapter")  # a final save a kill interrupted: finished or undone
     command = sys.argv[1:] if argv is None else argv
     if (adapter / ADAPTER_CONFIG).exists():
         logger.info("GRPO adapter already trained at %s", adapter)
@@ -68,8 +69,10 @@ def main(argv: list[str] | None = None) -> Path:
             sys.exit(f"train.grpo: {' '.join(str(error).split())}")
         run.train(resume_from_checkpoint=last_checkpoint(out, required=run.checkpoint_files))
         run.save(out)
-    # Also after a rerun: an export, evaluation or model card a kill left missing or stale is made again.
-    recipe.after_grpo(model_args, config, data.answer_format, command, data_fingerprint=manifest["fingerprint"])
+    # Also after a rerun: an export, evaluation or model card a kill left missing or stale is made again; by the
+    # main process alone (under DDP the other ranks are done once the adapter is saved).
+    if config.process_index == 0:
+        recipe.after_grpo(model_args, config, data.answer_format, command, data_fingerprint=manifest["fingerprint"])
     return adapter
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from chexreason.model_set_spec import is_hub_id, read_model_set, unreadable_weights
 from chexreason.results import ResultsError, load_results, scored_other_weights
-from chexreason.training.export import export_is_current, export_model_set, write_model_card
+from chexreason.training.export import export_is_current, export_model_set, model_set_text, write_model_card
 from chexreason.training.fused_head import score_labelled_positions_only
 from chexreason.training.grpo import ADAPTER_CONFIG, BEST_ADAPTER
 from train import log_to_console
@@ -121,7 +121,8 @@ def after_grpo(
     }
     export = Path(config.export_dir)
     spec = export / "model_set.yaml"
-    if export_is_current(export, sources, logs):
+    text = model_set_text(export.name, config.export_description, prompt, config.max_completion_length)
+    if export_is_current(export, sources, logs, text):
         logger.info("the model set in %s is this run's", export)
     else:
         export_model_set(

@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> Path:
     model_args, config, data = recipe.start_training_stage("train.sft", (ModelArguments, SFTStageConfig), argv)
     out = Path(config.output_dir)
-    adapter = atomic.recover_folder(out / "adapter")  # a final save a kill interrupted: finished or undone
+    with config.main_process_first(desc="recovering an interrupted save"):  # DDP: one process at a time
+        adapter = atomic.recover_folder(out / "adapter")  # a final save a kill interrupted: finished or undone
     if (adapter / "adapter_config.json").exists():
         logger.info("SFT adapter already trained at %s", adapter)
         return adapter
@@ -64,12 +65,12 @@ def main(argv: list[str] | None = None) -> Path:
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
 
-    def save(folder: Path) -> None:
+    def save(folder: Path) -> None:  # on every process (FSDP gathers the weights); the Trainer writes on the main one
         trainer.save_model(str(folder))  # the best checkpoint by validation loss (load_best_model_at_end)
-        trainer.processing_class.save_pretrained(folder)  # with the chat template it trained with
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(folder)  # with the chat template it trained with
 
-    if trainer.is_world_process_zero():
-        install_stage_output(adapter, save, out / "sft_log.json", trainer.state.log_history)
+    install_stage_output(adapter, save, out / "sft_log.json", trainer.state.log_history, trainer.accelerator)
     return adapter
 
 

@@ -57,6 +57,13 @@ def export_model_set(
     for log_name, path in logs.items():
         if Path(path).exists():
             shutil.copy2(path, staged / "logs" / log_name)
+    (staged / "model_set.yaml").write_text(model_set_text(name, description, prompt, max_new_tokens))
+    atomic.install_folder(staged, dest)
+    return dest / "model_set.yaml"
+
+
+def model_set_text(name: str, description: str, prompt: str, max_new_tokens: int) -> str:
+    """The ``model_set.yaml`` of an export: base, SFT and GRPO, each with the prompt and the generation budget."""
     spec = {
         "name": name,
         "description": description,
@@ -68,16 +75,19 @@ def export_model_set(
     }
     for checkpoint in spec["checkpoints"]:
         checkpoint.update(prompt=prompt, max_new_tokens=max_new_tokens)
-    (staged / "model_set.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    atomic.install_folder(staged, dest)
-    return dest / "model_set.yaml"
+    return yaml.safe_dump(spec, sort_keys=False)
 
 
-def export_is_current(dest: str | Path, sources: dict[str, str | Path], logs: dict[str, Path]) -> bool:
+def export_is_current(
+    dest: str | Path, sources: dict[str, str | Path], logs: dict[str, Path], spec_text: str | None = None
+) -> bool:
     """Whether `dest` holds an export of exactly these sources (``{"base": …, "sft": …, "grpo": …}``, their files
-    by `chexreason.fingerprints.fingerprint_folder`) and logs (byte for byte)."""
+    by `chexreason.fingerprints.fingerprint_folder`), logs (byte for byte) and, given, this `model_set.yaml` text
+    (`model_set_text`: prompt, budget, description)."""
     dest = atomic.recover_folder(dest)
     if not (dest / "model_set.yaml").is_file():
+        return False
+    if spec_text is not None and (dest / "model_set.yaml").read_text() != spec_text:
         return False
     try:
         if any(fingerprint_folder(dest / folder) != fingerprint_folder(source) for folder, source in sources.items()):

@@ -230,16 +230,18 @@ class RewardStateCallback:
     registered with the trainer (`ExactResume.before_state`), so the window is in the checkpoint before the
     checkpoint is complete; `required` names the file a resumable checkpoint must hold."""
 
-    def __init__(self, rewards: Mapping[str, Any], process_index: int = 0) -> None:
+    def __init__(self, rewards: Mapping[str, Any], process_index: int = 0, world_size: int = 1) -> None:
         self.rewards = {name: r for name, r in rewards.items() if hasattr(r, "state_dict")}
         self.process_index = process_index
+        self.world_size = world_size
 
     def _path(self, folder: Path) -> Path:
         return folder / REWARD_STATE_JSON.format(rank=self.process_index)
 
     @property
     def required(self) -> list[str]:
-        return [self._path(Path()).name] if self.rewards else []
+        """Every process's window file: a checkpoint is resumable only with all of them (each rank checks all)."""
+        return [REWARD_STATE_JSON.format(rank=rank) for rank in range(self.world_size)] if self.rewards else []
 
     def write(self, folder: Path) -> None:
         if not self.rewards:
@@ -318,9 +320,16 @@ class BestPolicyCallback(TrainerCallback):
     """
 
     def __init__(
-        self, validation: ValidationSet, processor: Any, output_dir: str | Path, max_new_tokens: int, batch_size: int
+        self,
+        validation: ValidationSet,
+        processor: Any,
+        output_dir: str | Path,
+        max_new_tokens: int,
+        batch_size: int,
+        main_process: bool = True,
     ) -> None:
         self.validation = validation
+        self.main_process = main_process  # the one that validates and writes
         self.processor = copy.deepcopy(processor)  # left padding for generation, without touching the trainer's
         self.processor.tokenizer.padding_side = "left"
         self.output_dir = Path(output_dir)
@@ -383,7 +392,8 @@ class BestPolicyCallback(TrainerCallback):
         begins (`on_train_begin`).
         """
         self.history, self.unvalidated = [], None
-        atomic.recover_folder(self.best_dir)  # a best adapter a kill left half-installed
+        if self.main_process:
+            atomic.recover_folder(self.best_dir)  # a best adapter a kill left half-installed
         if checkpoint is None:
             return self.history
         checkpoint = Path(checkpoint)
@@ -394,6 +404,9 @@ class BestPolicyCallback(TrainerCallback):
         step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         if run.is_file():
             self.history = [entry for entry in json.loads(run.read_text()) if entry["step"] < step]
+        elif (best := self.best_dir / BEST_JSON).is_file():  # a run from before the run's history was kept
+            entry = json.loads(best.read_text())
+            self.history = [{key: entry[key] for key in ("step", *_SUMMARY)}] if entry["step"] < step else []
         self.unvalidated = checkpoint
         return self.history
 
@@ -464,7 +477,7 @@ def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], a
         rl_dataset=built["rl"],  # the nuanced reward's false-positive weights follow the RL split's labels
         weights_dir=config.output_dir if config.process_index == 0 else None,  # recorded once, by the main process
     )
-    reward_state = RewardStateCallback(rewards, process_index=config.process_index)
+    reward_state = RewardStateCallback(rewards, process_index=config.process_index, world_size=config.world_size)
     samples = CompletionSamples(protocol)
     callbacks: list[TrainerCallback] = [CompletionSampleCallback(samples, config.output_dir)]
     best_policy = None
@@ -478,6 +491,7 @@ def build_grpo_run(model_args: Any, config: Any, built: Mapping[str, Dataset], a
             config.output_dir,
             max_new_tokens=config.max_completion_length,
             batch_size=config.per_device_eval_batch_size,
+            main_process=config.process_index == 0,
         )
         callbacks.append(best_policy)
     trainer = ClipRateTrainer(  # GRPOTrainer, also logging how often the gradient norm was clipped

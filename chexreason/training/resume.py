@@ -112,6 +112,8 @@ class ExactResume:
         atomic.write_text(folder / RESUME_STATE_JSON.format(rank=self.args.process_index), json.dumps(pending) + "\n")
         for writer in self.__dict__.get("_before_state", []):
             writer(folder)
+        # Every process's files are in before the main process writes the trainer state that completes the checkpoint.
+        self.accelerator.wait_for_everyone()
         super()._save_checkpoint(model, trial)
 
     def save_model(self, *args: Any, **kwargs: Any) -> None:
@@ -124,7 +126,7 @@ class ExactResume:
         fault_point("checkpoint-optimizer")
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "train_loss" in logs and self.resumed_from is not None:
+        if "train_loss" in logs and self.__dict__.get("_total_restored"):
             # transformers averages over this call's steps only; with the total restored, over every step
             logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 1)
         super().log(logs, *args, **kwargs)
@@ -142,6 +144,7 @@ class ExactResume:
         # left never enters a training step, so it logs in the mode the model was in at the checkpoint.
         self.model.train(pending.get("training", True))
         self._total_loss_scalar = pending["total_loss"]
+        self.__dict__["_total_restored"] = True
         self._tr_loss = torch.tensor(pending["pending_loss"], device=self._tr_loss.device, dtype=self._tr_loss.dtype)
         self._globalstep_last_logged = pending["last_logged"]
         if hasattr(self, "_metrics"):
@@ -166,14 +169,31 @@ class _RestoreAtTrainBegin(TrainerCallback):
 
 
 def install_stage_output(
-    folder: str | Path, save: Callable[[Path], None], log_path: str | Path | None = None, log: Any = None
+    folder: str | Path,
+    save: Callable[[Path], None],
+    log_path: str | Path | None = None,
+    log: Any = None,
+    accelerator: Any = None,
 ) -> Path:
     """Write a stage's final log (atomically) and then its output folder: `save` writes into a staged folder,
-    installed in one rename. A kill leaves the old folder, or the new one with its log beside it."""
+    installed in one rename. A kill leaves the old folder, or the new one with its log beside it.
+
+    With an `accelerator`, every process calls `save` (FSDP and ZeRO-3 gather the weights from all of them; the
+    Trainer writes on the main process only) and the main process stages, logs and installs; without, the caller
+    is the one process that saves."""
     folder = Path(folder)
-    staged = atomic.staging_folder(folder)
+    main = accelerator is None or accelerator.is_main_process
+    staged = atomic.staging_folder(folder) if main else folder.with_name(f"{folder.name}.partial")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     save(staged)
-    if log_path is not None:
-        atomic.write_text(log_path, json.dumps(log, indent=1) + "\n")
-    fault_point("final-log-written")
-    return atomic.install_folder(staged, folder)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if main:
+        if log_path is not None:
+            atomic.write_text(log_path, json.dumps(log, indent=1) + "\n")
+        fault_point("final-log-written")
+        atomic.install_folder(staged, folder)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return folder
