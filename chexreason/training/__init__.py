@@ -3,7 +3,9 @@
 - `common`: loading the model a stage starts from, the paper's LoRA, built datasets → TRL rows, resuming.
 - `tiny_model`: the tiny random-initialised Gemma3 and its tokenizer (the tiny recipe's stand-in for MedGemma).
 - `pretrain`: the tiny recipe's base stage (vision warm-up, lay captions, off-image format answers).
-- `grpo`: GRPO from the SFT adapter: rewards wired to TRL, best-checkpoint validation, resumable reward state.
+- `grpo`: GRPO from the SFT adapter: rewards wired to TRL, resumable reward state.
+- `grpo_selection`: GRPO's best checkpoint by validation macro-F1, kept across kills and resumes.
+- `resume`: exact resume from the newest complete checkpoint, and final artefacts written whole.
 - `fused_head`: on CPU, TRL's loss head scores only the labelled positions, as it does on GPUs.
 - `export`: a finished run as a model set (what `checkpoints/tiny/` holds) and its model card.
 
