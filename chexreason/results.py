@@ -42,6 +42,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from chexreason import atomic
 from chexreason.fingerprints import STRICT, CheckpointWeights, DataFingerprint, Strict, sha256_file
 from chexreason.fingerprints import fingerprint as fingerprint  # re-exported: its home was here
 from chexreason.labels import resolve_label_set
@@ -297,9 +298,7 @@ def save_results(results: EvalResults, path: str | Path, records: str | Path | I
         raise
     if records is not None:
         os.replace(records, target)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    atomic.write_text(path, json.dumps(data, indent=1) + "\n")
     results.records, results._folder = entry, path.parent
 
 
