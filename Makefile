@@ -30,7 +30,7 @@ app: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
 
-## The slow tests: the whole tiny recipe from nothing, the GPU benchmark shrunk on CPU (~10 min on 2 cores)
+## The slow tests: the whole tiny recipe from nothing, every paper recipe at small scale (~11 min on 2 cores)
 test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -m slow tests/slow
 

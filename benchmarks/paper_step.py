@@ -1,7 +1,7 @@
 """The paper recipe's SFT and GRPO step time and peak GPU memory on a random-initialised full-size MedGemma-4B.
 
-    python -m benchmarks.paper_step              # on one GPU: 3 SFT, then 3 GRPO optimizer steps (not yet run)
-    python -m benchmarks.paper_step --smoke      # on a CPU: the same code on a shrunk architecture (~1 min)
+    python -m benchmarks.paper_step              # on one GPU: 4 SFT, then 4 GRPO optimizer steps (not yet run)
+    python -m benchmarks.paper_step --smoke      # on a CPU: every paper recipe, small (benchmarks.paper_rehearsal)
 
 No weights are needed or downloaded. The model is MedGemma-4B's published architecture
 (`train/recipes/medgemma-4b/architecture.yaml`: Gemma 3 4B text with its 262,208-token vocabulary, SigLIP-400M
@@ -10,10 +10,11 @@ recipe's (offline; the special-token ids are mapped onto it): it decides how the
 split into tokens, not what a token costs. The training is the repository's own commands with the paper recipes
 unchanged — `python -m train.sft` with `sft_free_reasoning.yaml` (LoRA r 16, bf16, gradient checkpointing,
 effective batch 1 x 8) and `python -m train.grpo` with `grpo_hard.yaml` (4 completions of up to 1,024 tokens,
-16 per optimizer step, the SFT adapter as KL reference) — on phantoms drawn at 896 px, stopped after
-``--steps`` optimizer steps. A random model seldom samples an end-of-turn token, so its GRPO completions run to
-the full 1,024 tokens: the GRPO time is an upper bound. Prints seconds per optimizer step and peak GPU memory
-(``torch.cuda.max_memory_allocated``), with the card, against the paper's one A100 (40 or 80 GB).
+16 per optimizer step, sampled 64 at a time for 4 optimizer steps, the SFT adapter as KL reference) — on
+phantoms drawn at 896 px, stopped after ``--steps`` optimizer steps (4: one sampling). A random model seldom
+samples an end-of-turn token, so its GRPO completions run to the full 1,024 tokens: the GRPO time is an upper
+bound. Prints seconds per optimizer step and peak GPU memory (``torch.cuda.max_memory_allocated``), with the card,
+against the paper's one A100 (40 or 80 GB).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -34,19 +34,11 @@ from chexreason.training.tiny_model import TinySpec, build_tokenizer, save_rando
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "train" / "recipes" / "medgemma-4b"
-# --smoke: the same code on a CPU, with the architecture shrunk (the vocabulary and the 256 image tokens kept).
-SHRUNK = {
-    "text_config": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 2, "head_dim": 64},
-    "vision_config": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "image_size": 224},
-}
 
 
-def architecture(smoke: bool) -> dict:
-    """MedGemma-4B's architecture from the recipe folder; shrunk (same structure) for --smoke."""
-    config = yaml.safe_load((RECIPES / "architecture.yaml").read_text())
-    for part, values in SHRUNK.items() if smoke else ():
-        config[part].update(values)
-    return config
+def architecture() -> dict:
+    """MedGemma-4B's architecture (``train/recipes/medgemma-4b/architecture.yaml``)."""
+    return yaml.safe_load((RECIPES / "architecture.yaml").read_text())
 
 
 def build_random_model(folder: Path, config: dict, device: str, dtype: torch.dtype) -> Path:
@@ -69,17 +61,14 @@ def data_recipe(folder: Path, image_size: int) -> Path:
 
 
 def peak_memory_gb() -> float:
-    """Peak GPU memory allocated since the last reset, or on a CPU this process's peak RSS so far (all stages)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak GPU memory allocated since the last reset."""
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def free_memory() -> None:
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
 
 
 def run_stage(main, argv: list[str], log: Path, steps: int) -> dict:
@@ -100,30 +89,28 @@ def run_stage(main, argv: list[str], log: Path, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per stage (default 3)")
-    parser.add_argument("--smoke", action="store_true", help="CPU, shrunk architecture: checks the mechanics only")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per stage (default 4: one sampling)")
+    parser.add_argument("--smoke", action="store_true", help="on a CPU: every paper recipe at small scale instead")
     parser.add_argument("--workdir", help="keep the model, data and logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    gpu = torch.cuda.is_available() and not args.smoke
-    if not gpu and not args.smoke:
-        sys.exit("benchmarks.paper_step: needs a CUDA GPU (--smoke runs the same code shrunk on a CPU)")
+    if args.smoke:  # on a CPU: every paper recipe at small scale, this benchmark's code path among them
+        from benchmarks import paper_rehearsal
+
+        return paper_rehearsal.main(["--workdir", args.workdir] if args.workdir else [])
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.paper_step: needs a CUDA GPU (--smoke rehearses every paper recipe on a CPU)")
 
     from train import grpo, sft
 
-    config = architecture(args.smoke)
-    device = "CPU (smoke: shrunk architecture, not the paper's scale)"
-    if gpu:
-        device = f"{torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
+    config = architecture()
+    device = f"{torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
     with tempfile.TemporaryDirectory(prefix="paper-step-") as scratch:
         work = Path(args.workdir or scratch).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        dtype = torch.bfloat16 if gpu else torch.float32
-        model = build_random_model(work / "model", config, "cuda" if gpu else "cpu", dtype)
+        model = build_random_model(work / "model", config, "cuda", torch.bfloat16)
         data = data_recipe(work, config["vision_config"]["image_size"])
         common = ["--model_name_or_path", str(model), "--data_config", str(data), "--max_steps", str(args.steps)]
         common += ["--logging_steps", "1", "--report_to", "none"]
-        if not gpu:
-            common += ["--dtype", "float32", "--bf16", "false", "--use_cpu", "true"]
         never = str(10**6)  # SFT's early stopping needs an eval/save strategy; neither comes within --steps
         sft_args = ["--config", str(RECIPES / "sft_free_reasoning.yaml"), "--output_dir", str(work / "sft")]
         sft_args += ["--eval_strategy", "steps", "--save_strategy", "steps", "--eval_steps", never]
@@ -131,8 +118,6 @@ def main(argv: list[str] | None = None) -> None:
         grpo_args = ["--config", str(RECIPES / "grpo_hard.yaml"), "--output_dir", str(work / "grpo")]
         grpo_args += ["--sft_adapter", str(work / "sft" / "adapter"), "--sft_recipe", "", "--export_dir", ""]
         grpo_args += ["--validation_samples", "0", "--save_strategy", "no", *common]
-        if not gpu:
-            grpo_args += ["--max_completion_length", "16"]
         results = {
             "SFT (sft_free_reasoning.yaml)": run_stage(sft.main, sft_args, work / "sft" / "sft_log.json", args.steps),
             "GRPO (grpo_hard.yaml)": run_stage(grpo.main, grpo_args, work / "grpo" / "grpo_log.json", args.steps),
@@ -141,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ndevice: {device}; torch {torch.__version__}; paper: one A100 (40 or 80 GB)")
     print("| stage | optimizer steps | s / optimizer step | GRPO's logged step time (median) | peak memory |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    memory = "GPU memory" if gpu else "process RSS"
+    memory = "GPU memory"
     for name, r in results.items():
         median = "" if r["median_step_time"] is None else f"{r['median_step_time']:.1f} s"
         print(

@@ -101,7 +101,7 @@ def data_recipe(tmp_path_factory) -> Path:
     recipe = folder / "data.yaml"
     recipe.write_text(
         Path("train/recipes/tiny/data.yaml").read_text()
-        + f"\noutput_dir: {folder / 'built'}\nsft_samples: 20\nrl_samples: 4\ntest_samples_per_site: 4\n"
+        + f"\noutput_dir: {folder / 'built'}\nsft_samples: 20\nrl_samples: 16\ntest_samples_per_site: 4\n"
         + "image_size: 96\nworkers: 1\n"
     )
     return recipe

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks.real_format_tree import VALID_HEADER, chexpert_valid_csv, real_format_tree
 from chexreason.data.build import load_built
 from chexreason.labels import CHEXPERT_LABELS
 from chexreason.parsing import parse_completion
@@ -70,71 +71,9 @@ def test_bad_config_is_a_message_not_a_traceback(tmp_path, override, message):
 
 # ------------------------------------------------------------------------------ real formats, tiny tree
 
-ALPHABETICAL = sorted(CHEXPERT_LABELS)
-
-
-def _jpg(path, shade):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", (64, 64), shade).save(path)
-
-
-def _real_tree(root):
-    """MIMIC-CXR-JPG (20 patients × 2 frontal studies + 1 lateral), CheXpert test set, NIH with test_list."""
-    mimic = root / "mimic"
-    meta = [
-        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime"
-    ]
-    labels = ["subject_id,study_id," + ",".join(ALPHABETICAL)]
-    for p in range(20):
-        subject = 10000000 + p
-        for s in range(2):
-            study, dicom = 50000000 + 10 * p + s, f"d{p}-{s}"
-            view = "PA" if s == 0 else "AP"
-            meta.append(f"{dicom},{subject},{study},CHEST (PA AND LAT),{view},64,64,21800101,120000")
-            values = {"Edema": "1.0", "Cardiomegaly": "-1.0" if p % 3 else "1.0", "Pneumonia": "" if p % 2 else "0.0"}
-            labels.append(f"{subject},{study}," + ",".join(values.get(label, "") for label in ALPHABETICAL))
-            _jpg(mimic / f"files/p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg", 100 + p)
-        meta.append(f"lat{p},{subject},{50000000 + 10 * p},CHEST (PA AND LAT),LATERAL,64,64,21800101,120000")
-        _jpg(mimic / f"files/p{str(subject)[:2]}/p{subject}/s{50000000 + 10 * p}/lat{p}.jpg", 90)
-    (mimic / "mimic-cxr-2.0.0-metadata.csv").write_text("\n".join(meta) + "\n")
-    (mimic / "mimic-cxr-2.0.0-chexpert.csv").write_text("\n".join(labels) + "\n")
-
-    chexpert = root / "chexpert"
-    rows = ["Path," + ",".join(CHEXPERT_LABELS)]
-    for i in range(4):
-        rel = f"test/patient6474{i}/study1/view1_frontal.jpg"
-        _jpg(chexpert / rel, 120)
-        rows.append(
-            rel
-            + ","
-            + ",".join(
-                "1" if label == "Edema" or (i == 0 and label == "No Finding") else "0" for label in CHEXPERT_LABELS
-            )
-        )
-    (chexpert / "test_labels.csv").write_text("\n".join(rows) + "\n")
-
-    nih = root / "nih"
-    header = (
-        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
-    )
-    entries = [("00000001_000.png", "Cardiomegaly", "PA"), ("00000002_000.png", "Infiltration", "AP"),
-               ("00000003_000.png", "No Finding", "PA"), ("00000004_000.png", "Mass|Effusion", "PA")]  # fmt: skip
-    lines = [header] + [f"{n},{f},0,{i + 1},50,M,{v},1024,1024,0.14,0.14" for i, (n, f, v) in enumerate(entries)]
-    (nih / "images").mkdir(parents=True)
-    for name, _, _ in entries:
-        Image.new("L", (64, 64), 80).save(nih / "images" / name)
-    (nih / "Data_Entry_2017_v2020.csv").write_text("\n".join(lines) + "\n")
-    (nih / "test_list.txt").write_text("\n".join(n for n, _, _ in entries[:3]) + "\n")
-    return [
-        "--mimic_root", str(mimic), "--chexpert_test_csv", str(chexpert / "test_labels.csv"),
-        "--chexpert_root", str(chexpert), "--nih_csv", str(nih / "Data_Entry_2017_v2020.csv"),
-        "--nih_images", str(nih / "images"), "--nih_split_list", str(nih / "test_list.txt"),
-    ]  # fmt: skip
-
 
 def test_real_format_build(tmp_path):
-    paths = _real_tree(tmp_path / "raw")
+    paths = real_format_tree(tmp_path / "raw")
     out = tmp_path / "built"
     sizes = ["--sft_samples", "20", "--rl_samples", "10"]
     manifest = train_data.main(["--config", "train/recipes/paper/data.yaml", "--output_dir", str(out), *paths, *sizes])
@@ -155,26 +94,6 @@ def test_real_format_build(tmp_path):
 # ------------------------------------------------------------------------- validation and test splits
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VALID_HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)  # CheXpert-v1.0 train/valid.csv
-
-
-def _valid_csv(chexpert):
-    """CheXpert's valid.csv inside CheXpert-v1.0-small/ (3 frontal images, 1 lateral), images under root/Path."""
-    rows = []
-    for i, (view, ap_pa, values) in enumerate([
-        ("Frontal", "AP", {"Cardiomegaly": "1.0", "Edema": "-1.0"}),  # uncertain: the recipe's policy decides
-        ("Frontal", "PA", {"No Finding": "1.0"}),
-        ("Frontal", "AP", {"Pleural Effusion": "1.0", "Support Devices": ""}),  # blank: not mentioned
-        ("Lateral", "", {"Cardiomegaly": "1.0"}),
-    ]):  # fmt: skip
-        name = "view2_lateral.jpg" if view == "Lateral" else "view1_frontal.jpg"
-        rel = f"CheXpert-v1.0-small/valid/patient6454{i}/study1/{name}"
-        _jpg(chexpert / rel, 140)
-        cells = [values.get(label, "0.0") for label in CHEXPERT_LABELS]
-        rows.append(",".join([rel, "Female", "70", view, ap_pa, *cells]))
-    path = chexpert / "CheXpert-v1.0-small" / "valid.csv"
-    path.write_text("\n".join([VALID_HEADER, *rows]) + "\n")
-    return path
 
 
 def test_split_roles_are_one_rule():
@@ -190,8 +109,8 @@ def test_split_roles_are_one_rule():
 
 @pytest.mark.parametrize(("policy", "edema"), [("u-zeros", False), ("u-ones", True)])
 def test_real_build_has_a_chexpert_validation_split(tmp_path, policy, edema):
-    paths = _real_tree(tmp_path / "raw")
-    valid = _valid_csv(tmp_path / "raw" / "chexpert")
+    paths = real_format_tree(tmp_path / "raw")
+    valid = chexpert_valid_csv(tmp_path / "raw" / "chexpert")
     out = tmp_path / "built"
     argv = ["--config", "train/recipes/paper/data.yaml", "--output_dir", str(out), *paths, "--sft_samples", "20",
             "--rl_samples", "10", "--chexpert_valid_csv", str(valid), "--uncertainty_policy", policy]  # fmt: skip
@@ -214,7 +133,7 @@ def test_a_named_but_absent_validation_csv_is_a_message_before_any_work(tmp_path
         raise AssertionError("a dataset was read before the paths were checked")
 
     monkeypatch.setattr(build, "read_mimic", never)
-    paths = _real_tree(tmp_path / "raw")
+    paths = real_format_tree(tmp_path / "raw")
     absent = tmp_path / "raw" / "chexpert" / "valid.csv"
     with pytest.raises(SystemExit) as exit_info:
         train_data.main(["--config", "train/recipes/paper/data.yaml", "--output_dir", str(tmp_path / "built"),
@@ -225,7 +144,7 @@ def test_a_named_but_absent_validation_csv_is_a_message_before_any_work(tmp_path
 
 
 def test_the_test_csv_is_not_a_validation_csv(tmp_path):
-    paths = _real_tree(tmp_path / "raw")
+    paths = real_format_tree(tmp_path / "raw")
     test_csv = paths[paths.index("--chexpert_test_csv") + 1]
     with pytest.raises(SystemExit, match="chexpert_valid_csv is the chexpert_test_csv"):
         train_data.main(["--config", "train/recipes/paper/data.yaml", "--output_dir", str(tmp_path / "built"),
@@ -233,7 +152,7 @@ def test_the_test_csv_is_not_a_validation_csv(tmp_path):
 
 
 def test_a_validation_csv_sharing_test_patients_is_refused(tmp_path):
-    paths = _real_tree(tmp_path / "raw")
+    paths = real_format_tree(tmp_path / "raw")
     chexpert = tmp_path / "raw" / "chexpert"
     leaky = chexpert / "valid.csv"  # one row: an image of the test set's patient64740
     leaky.write_text(VALID_HEADER + "\ntest/patient64740/study1/view1_frontal.jpg,Male,60,Frontal,PA" + ",0.0" * 14)
@@ -265,5 +184,8 @@ def test_an_unset_validation_csv_keeps_the_data_fingerprint(phantom_build):
 
     manifest = phantom_build[2]
     assert manifest["config"]["chexpert_valid_csv"] is None
-    small = {k: v for k, v in manifest["config"].items() if k not in ("output_dir", "workers", "chexpert_valid_csv")}
+    # paper_recipe (train/parity.py) names the recipe this one is a small copy of: no part of the data, no key.
+    assert manifest["config"]["paper_recipe"] == "train/recipes/medgemma-4b/data_free_reasoning.yaml"
+    leave_out = ("output_dir", "workers", "chexpert_valid_csv", "paper_recipe")
+    small = {k: v for k, v in manifest["config"].items() if k not in leave_out}
     assert manifest["fingerprint"] == fingerprint(small)

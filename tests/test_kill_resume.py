@@ -131,17 +131,18 @@ def test_grpo_killed_anywhere_ends_as_if_never_killed(
 
 
 def test_the_paper_grpo_recipe_killed_resumes_exactly(runner, tiny, sft_adapter, data_recipe, tmp_path):
-    """The paper's hard-reward recipe as it is (on-policy: 4 prompts x 4 completions over 4 accumulated
-    micro-batches, a save every 2 optimizer steps here), on the tiny model and CPU: killed with a checkpoint's
-    optimizer written but not its trainer state, then during a validation; the same adapter, best and log."""
+    """The paper's hard-reward recipe as it is (clipped off-policy: 16 prompts x 4 completions sampled for 4
+    optimizer steps of 4 accumulated micro-batches; a save every 4 steps here), on the tiny model and CPU: killed
+    with a checkpoint's optimizer written but not its trainer state, then during a validation; the same adapter,
+    best and log."""
 
     def args(out: Path) -> list[str]:
         return ["--config", "train/recipes/medgemma-4b/grpo_hard.yaml", "--model_name_or_path", str(tiny),
                 "--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
                 "--sft_adapter", str(sft_adapter), "--sft_recipe", "", "--data_config", str(data_recipe),
-                "--output_dir", str(out), "--max_completion_length", "16", "--max_steps", "4", "--save_steps", "2",
+                "--output_dir", str(out), "--max_completion_length", "16", "--max_steps", "8", "--save_steps", "4",
                 "--logging_steps", "1", "--validation_samples", "2", "--per_device_eval_batch_size", "2",
-                "--max_train_samples", "4", "--rewards", "hard", "test_parity"]  # fmt: skip
+                "--max_train_samples", "16", "--rewards", "hard", "test_parity"]  # fmt: skip
 
     assert runner.run("grpo", args(tmp_path / "reference")) == 0
     killed_then_rerun(runner, "grpo", args(tmp_path / "killed"), ["checkpoint-optimizer:2", "validation-started:1"])

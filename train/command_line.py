@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from chexreason.data.config import read_data_config
+from train import parity
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,13 @@ def parse_recipe(prog: str, types: tuple[type, ...], argv: list[str] | None) -> 
         problem = _unworkable(config)
         if problem:
             sys.exit(f"{prog}: {problem}")
+    paper_recipe = getattr(configs[-1], "paper_recipe", None)
+    if paper_recipe and not Path(paper_recipe).is_file():
+        sys.exit(f"{prog}: paper_recipe {paper_recipe}: no such recipe file")
+    try:
+        parity.report(prog, types, tuple(configs))
+    except (ValueError, yaml.YAMLError) as error:
+        sys.exit(f"{prog}: paper_recipe {paper_recipe}: {_one_line(error)}")
     return tuple(configs)
 
 

@@ -44,6 +44,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+PAPER_RECIPE_HELP = (
+    "The paper recipe this one is a small-scale copy of; a run prints how they differ (train/parity.py)."
+)
 DTYPES = ("float32", "bfloat16", "float16")  # what a stage trains in (chexreason.loading.parse_dtype reads it)
 # transformers 5's attention kernels for `from_pretrained(attn_implementation=...)`; None leaves the choice to
 # transformers (sdpa where the model supports it). The flash ones need their package installed (GPU only).
@@ -215,6 +218,10 @@ class SFTStageConfig(SFTConfig):
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N validation examples (smoke tests)."}
     )
+    paper_recipe: str | None = field(
+        default=None,
+        metadata={"help": PAPER_RECIPE_HELP},
+    )
 
     def __post_init__(self) -> None:
         # Early stopping keeps the checkpoint with the lowest validation loss, as the paper selects.
@@ -276,6 +283,10 @@ class EvaluateConfig:
     out: str | None = field(
         default=None,
         metadata={"help": "Results summary (default: eval.json, or prompts.json for a sweep, beside the set)."},
+    )
+    paper_recipe: str | None = field(
+        default=None,
+        metadata={"help": PAPER_RECIPE_HELP},
     )
 
     def __post_init__(self) -> None:
@@ -402,6 +413,10 @@ class GRPOStageConfig(GRPOConfig):
     export_description: str = field(
         default="Base, SFT and GRPO checkpoints of a ChexReason SFT -> GRPO run.",
         metadata={"help": "The exported model set's description (the app's About tab shows it)."},
+    )
+    paper_recipe: str | None = field(
+        default=None,
+        metadata={"help": PAPER_RECIPE_HELP},
     )
 
     def __post_init__(self) -> None:

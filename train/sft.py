@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> Path:
     if (adapter / "adapter_config.json").exists():
         logger.info("SFT adapter already trained at %s", adapter)
         return adapter
-    for name, (ours, paper) in config.paper_departures().items():
+    for name, (ours, paper) in () if config.paper_recipe else config.paper_departures().items():  # else: parity
         logger.warning("%s is %r here; the paper's is %r", name, ours, paper)
 
     with config.main_process_first(desc="building the datasets"):  # DDP: rank 0 builds, the rest reuse

@@ -131,7 +131,11 @@ def build_datasets(config: DataConfig) -> dict:
     out = Path(config.output_dir)
     config_dict = asdict(config)
     key = fingerprint(
-        {k: v for k, v in config_dict.items() if k not in ("output_dir", "workers") and not _unset_later_field(k, v)}
+        {
+            k: v
+            for k, v in config_dict.items()
+            if k not in ("output_dir", "workers", "paper_recipe") and not _unset_later_field(k, v)
+        }
     )
     manifest_path = out / MANIFEST
     manifest = _read_manifest(manifest_path) if (out / DATASETS).exists() else None

@@ -107,6 +107,10 @@ class DataConfig:
         default="nih9",
         metadata={"help": "Real and phantom site b: 'nih9' (paper) or 'nih10' (adds Pleural Effusion)."},
     )
+    paper_recipe: str | None = field(
+        default=None,
+        metadata={"help": "The paper data recipe this one is a small-scale copy of (train/parity.py); not data."},
+    )
 
     def __post_init__(self) -> None:
         need = requirement("data config")

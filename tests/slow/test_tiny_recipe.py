@@ -4,16 +4,14 @@ Slow (about 9 minutes on 2 cores): run by CI and `make test-slow`, not by `make 
 pass criteria on what the run measured, not fixed numbers.
 """
 
-from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmarks.paper_rehearsal import PAPER_SET, paper_shaped_set
 from chexreason.modeling import load_model_set, read_model_set
 from chexreason.results import load_results
 from train.tiny_recipes import recipes_in
-
-PAPER_SET = Path(__file__).resolve().parents[2] / "chexreason" / "model_sets" / "medgemma-4b-paper.yaml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~9 min on 2 idle cores; room for a busy one
 
@@ -46,15 +44,8 @@ def test_tiny_recipe_from_nothing(tmp_path, monkeypatch):
     assert all(r.max_new_tokens == budget for r in results.runs)
 
     # The paper's model set names the folders the stages write: the same set, pointed at this run, loads.
-    paper = yaml.safe_load(PAPER_SET.read_text())
-    stage_dirs = {"../../outputs/medgemma-4b/sft_free_reasoning": tmp_path / "sft",
-                  "../../outputs/medgemma-4b/grpo_hard": tmp_path / "grpo"}  # fmt: skip
-    for checkpoint in paper["checkpoints"]:
-        checkpoint.update(model=str(tmp_path / "base" / "model"), revision=None)
-        if checkpoint.get("adapter"):
-            stage, folder = checkpoint["adapter"].rsplit("/", 1)  # the stage's output_dir, and adapter/best_adapter
-            checkpoint["adapter"] = str(stage_dirs[stage] / folder)
-    shaped = tmp_path / "paper_shaped.yaml"
-    shaped.write_text(yaml.safe_dump(paper))
+    stage_dirs = {"outputs/medgemma-4b/sft_free_reasoning": tmp_path / "sft",
+                  "outputs/medgemma-4b/grpo_hard": tmp_path / "grpo"}  # fmt: skip
+    shaped = paper_shaped_set(PAPER_SET, tmp_path / "base" / "model", stage_dirs, tmp_path / "paper_shaped.yaml")
     models = load_model_set(shaped)
     assert models.checkpoints == ("base", "sft", "grpo") and len(models.bases) == 1
