@@ -87,13 +87,13 @@ def run_stage(main, argv: list[str], log: Path, steps: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per stage (default 4: one sampling)")
     parser.add_argument("--smoke", action="store_true", help="on a CPU: every paper recipe at small scale instead")
     parser.add_argument("--workdir", help="keep the model, data and logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    if args.smoke:  # on a CPU: every paper recipe at small scale, this benchmark's code path among them
+    if args.smoke:  # on a CPU: every paper recipe at small scale (benchmarks.paper_rehearsal)
         from benchmarks import paper_rehearsal
 
         return paper_rehearsal.main(["--workdir", args.workdir] if args.workdir else [])

@@ -20,8 +20,8 @@ def _jpg(path: Path, shade: int) -> None:
     Image.new("L", (64, 64), shade).save(path)
 
 
-def real_format_tree(root: Path) -> list[str]:
-    """MIMIC-CXR-JPG (20 patients × 2 frontal studies + 1 lateral, all in its train split), the CheXpert test set
+def real_format_tree(root: Path, patients: int = 20) -> list[str]:
+    """MIMIC-CXR-JPG (`patients` × 2 frontal studies + 1 lateral, all in its train split), the CheXpert test set
     (4 images), NIH (4 images, 3 in test_list.txt) under `root`; returns the data recipe's path arguments
     (``--mimic_root …``)."""
     mimic = root / "mimic"
@@ -30,7 +30,7 @@ def real_format_tree(root: Path) -> list[str]:
     ]
     labels = ["subject_id,study_id," + ",".join(ALPHABETICAL)]
     splits = ["dicom_id,study_id,subject_id,split"]  # MIMIC's official split: every study here is in train
-    for p in range(20):
+    for p in range(patients):
         subject = 10000000 + p
         for s in range(2):
             study, dicom = 50000000 + 10 * p + s, f"d{p}-{s}"

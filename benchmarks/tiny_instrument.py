@@ -5,9 +5,11 @@ phantoms, against the F1 of always predicting the finding.
     python -m benchmarks.tiny_instrument --models W0/tiny/model_set.yaml W1/tiny/model_set.yaml ...   # seeds
     python -m benchmarks.tiny_instrument --train --seeds 0 1 2                 # data -> base -> SFT, then measure
     python -m benchmarks.tiny_instrument --train --seeds 0 --set sft.num_train_epochs=4   # a variant of the recipe
+    python -m benchmarks.tiny_instrument --probe W/base/model      # what a linear probe reads off the vision tower
 
-The development split is its own: ``--n`` site-a phantoms (default 2,500) from seed `DEV_SEED`, which no data build
-or base stage uses, at the data recipe's image size, kept as the test split is (frontal, at least one positive).
+The development split is its own: ``--n`` site-a phantoms (default 3,600: at least 30 positives of every finding
+but the rarest) from seed `DEV_SEED`, which no data build or base stage uses, at the data recipe's image size, kept
+as the test split is (frontal, at least one positive).
 It is never a test split: what is tuned on it says nothing about the test results. A finding is *measured* when it
 has at least `MIN_POSITIVES` positives there, and *told apart* when the SFT checkpoint's F1, averaged over the runs,
 is above `MIN_F1` and above ``2p / (1 + p)``, the F1 of always predicting it at prevalence p. The target (issue 14):
@@ -54,7 +56,7 @@ def development_split(n: int, image_size: int, policy: str):
     return Dataset.from_dict({name: [row[name] for row in rows] for name in _FEATURES}, features=Features(_FEATURES))
 
 
-def measure(model_sets: list[Path], n: int) -> dict:
+def measure(model_sets: list[Path], checkpoints: list[str], n: int) -> dict:
     """Per checkpoint and finding, the F1 of every model set on the development split; and each finding's positives."""
     from chexreason.data.config import read_data_config
     from chexreason.evaluation import evaluate
@@ -65,11 +67,50 @@ def measure(model_sets: list[Path], n: int) -> dict:
     positives = {label: sum(label in truth for truth in split["ground_truth"]) for label in CHEXPERT_LABELS}
     f1: dict[str, dict[str, list[float]]] = {}
     for path in model_sets:
-        results = evaluate(load_model_set(path), {"dev_phantom_a": split}, n_resamples=1)
-        for run in results.runs:
-            for label, scores in run.metrics["per_label"].items():
-                f1.setdefault(run.checkpoint, {}).setdefault(label, []).append(scores["f1"])
+        model_set = load_model_set(path)
+        for name in checkpoints:  # one checkpoint at a time, with its own prompt (evaluate's single-checkpoint pass)
+            sweep = (name, [model_set.spec.checkpoint(name).prompt])
+            results = evaluate(model_set, {"dev_phantom_a": split}, n_resamples=20, sweep=sweep)  # F1: few resamples
+            for run in results.runs:
+                for label, scores in run.metrics["per_label"].items():
+                    f1.setdefault(run.checkpoint, {}).setdefault(label, []).append(scores["f1"])
     return {"n": len(split), "positives": positives, "f1": f1}
+
+
+def probe(model_path: Path, n: int) -> str:
+    """Where the signal is lost: a linear probe (logistic regression) per finding on the vision tower's patch
+    features of a base model, fitted on the first two thirds of `n` development phantoms and scored on the rest;
+    a Markdown table of each finding's test AUC and best-threshold F1."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score, roc_auc_score
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from chexreason.data.config import read_data_config
+
+    data = read_data_config(str(REPO / "train" / "recipes" / "tiny" / "data.yaml"))
+    split = development_split(n, data.image_size, data.uncertainty_policy)
+    model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
+    processor = AutoProcessor.from_pretrained(model_path)
+    features = []
+    with torch.no_grad():
+        for start in range(0, len(split), 64):
+            images = [image.convert("RGB") for image in split[start : start + 64]["image"]]
+            pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            features.append(model.model.vision_tower(pixel_values=pixels).last_hidden_state.flatten(1).numpy())
+    x, fit = np.concatenate(features), 2 * len(split) // 3
+    lines = ["| finding | positives (fit / scored) | probe AUC | probe best F1 |", "| --- | ---: | ---: | ---: |"]
+    for label in CHEXPERT_LABELS:
+        y = np.array([label in truth for truth in split["ground_truth"]])
+        if y[:fit].sum() < 5 or y[fit:].sum() < 5:
+            lines.append(f"| {label} | {y[:fit].sum()} / {y[fit:].sum()} | too few | |")
+            continue
+        scores = LogisticRegression(max_iter=2000, C=0.1).fit(x[:fit], y[:fit]).predict_proba(x[fit:])[:, 1]
+        best = max(f1_score(y[fit:], scores > t) for t in np.linspace(0.05, 0.95, 19))
+        lines.append(f"| {label} | {y[:fit].sum()} / {y[fit:].sum()} | {roc_auc_score(y[fit:], scores):.2f} | "
+                     f"{best:.2f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def table(measured: dict) -> tuple[str, int]:
@@ -139,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds for --train")
     parser.add_argument("--set", nargs="*", default=[], metavar="STAGE.FIELD=VALUE", help="recipe overrides")
     parser.add_argument("--workdir", type=Path, help="keep the --train runs here (default: temporary)")
-    parser.add_argument("--n", type=int, default=2500, help="development phantoms (default 2,500)")
+    parser.add_argument("--n", type=int, default=3600, help="development phantoms (default 3,600)")
+    parser.add_argument("--checkpoints", nargs="+", default=["sft"], help="which to measure (default: sft)")
+    parser.add_argument("--probe", type=Path, help="instead: a linear probe of this base model's vision tower")
     args = parser.parse_args(argv)
+    if args.probe:
+        table_text = probe(args.probe, args.n)
+        print(f"linear probe of {args.probe}'s vision tower on {args.n} development phantoms\n{table_text}")
+        return 0
     if bool(args.models) == args.train:
         sys.exit("benchmarks.tiny_instrument: give --models, or --train (with --seeds)")
     with tempfile.TemporaryDirectory(prefix="tiny-instrument-") as scratch:
@@ -150,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.time()
             model_sets.append(train_to_sft(work / f"seed-{seed}", seed, parse_sets(args.set)))
             print(f"seed {seed}: data -> base -> SFT in {time.time() - started:.0f} s", flush=True)
-        measured = measure(model_sets, args.n)
+        measured = measure(model_sets, args.checkpoints, args.n)
     text, told = table(measured)
     print(f"\n{measured['n']} development phantoms of site a (seed {DEV_SEED}); {len(model_sets)} run(s)"
           + (f"; overrides {' '.join(args.set)}" if args.set else "") + f"; {time.time() - start:.0f} s")  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from train import parity
-from train.command_line import parse_recipe
+from train.command_line import parse_recipe, parse_stage
 from train.configs import (
     BaseStageConfig,
     DataConfig,
@@ -72,6 +72,8 @@ def _mutated(tmp_path: Path, name: str, **changes) -> Path:
         ("grpo.yaml", {"num_iterations": 2}, "num_iterations"),  # also the regime: 8 steps per sampling
         ("sft.yaml", {"lora_r": 8}, "lora_r"),
         ("sft.yaml", {"warmup_steps": 0.1}, "warmup_steps"),
+        ("sft.yaml", {"max_length": 512}, "max_length"),  # a size, but None is "never truncate": truncation on
+        ("grpo.yaml", {"save_strategy": "no"}, "save_strategy"),  # no saves: no best-checkpoint selection
         ("data.yaml", {"uncertainty_policy": "u-ones"}, "uncertainty_policy"),
         ("data.yaml", {"answer_format": "only_label"}, "answer_format"),
         ("evaluate.yaml", {"n_resamples": 100}, "n_resamples"),
@@ -118,7 +120,26 @@ def test_a_paper_recipe_that_does_not_exist_is_a_message(tmp_path):
         parse_recipe("train.evaluate", (EvaluateConfig,), ["--config", str(recipe)])
 
 
-def test_a_paper_recipe_is_its_own_counterpart_and_prints_nothing(caplog):
+def test_a_paper_recipe_names_no_counterpart_and_prints_nothing(caplog):
     with caplog.at_level(logging.INFO, logger="train.parity"):
         parse_recipe("train.evaluate", (EvaluateConfig,), ["--config", "train/recipes/medgemma-4b/evaluate.yaml"])
     assert not caplog.records
+
+
+def test_a_stage_also_reports_the_data_recipe_it_trains_on(caplog):
+    with caplog.at_level(logging.INFO, logger="train.parity"):
+        parse_stage("train.sft", (ModelArguments, SFTStageConfig), ["--config", str(TINY / "sft.yaml")])
+    assert "image_size: 224 here, 256 in the paper recipe" in caplog.text  # the data recipe's differences
+
+
+def test_parsing_the_paper_recipe_leaves_the_stages_process_state():
+    # TrainingArguments resets accelerate's process-wide state for its own use_cpu: the paper recipe, parsed on a
+    # CPU with use_cpu, must not move a GPU or DDP stage onto the CPU.
+    from accelerate.state import AcceleratorState, PartialState
+    from trl import TrlParser
+
+    types, paper = PAIRS["grpo.yaml"]
+    TrlParser(types).parse_args_and_config(args=["--config", str(TINY / "grpo.yaml"), "--use_cpu", "false"])
+    before = dict(PartialState._shared_state), dict(AcceleratorState._shared_state)
+    parity.parse_recipe_file(types, paper)
+    assert (dict(PartialState._shared_state), dict(AcceleratorState._shared_state)) == before

@@ -158,6 +158,30 @@ def test_base_stage_runs_and_saves(data_recipe, tmp_path):
     assert len(log["vision_warm_up"]) == 2 * 3 and log["language"]  # 2 epochs × 12/4 batches
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_the_language_stage_keeps_the_warmed_up_vision_tower_when_asked(data_recipe, tmp_path, monkeypatch, frozen):
+    from transformers import AutoModelForImageTextToText
+
+    from train import base
+
+    after_warm_up = {}
+
+    def warm_up_then_copy(model, *args):
+        log = warm_up_vision(model, *args)
+        after_warm_up.update({k: v.clone() for k, v in model.model.vision_tower.state_dict().items()})
+        return log
+
+    warm_up_vision = base.warm_up_vision
+    monkeypatch.setattr(base, "warm_up_vision", warm_up_then_copy)
+    final = base.main(["--config", "train/recipes/tiny/base.yaml", "--data_config", str(data_recipe),
+                       "--output_dir", str(tmp_path), "--vision_samples", "12", "--caption_samples", "6",
+                       "--format_samples", "4", "--vision_batch_size", "4", "--vision_epochs", "1",
+                       "--max_steps", "2", "--freeze_vision_tower", str(frozen).lower()])  # fmt: skip
+    tower = AutoModelForImageTextToText.from_pretrained(final).model.vision_tower.state_dict()
+    same = all(torch.equal(tower[k], v) for k, v in after_warm_up.items())
+    assert same is frozen  # frozen: the warm-up's tower exactly; else the language stage moved it
+
+
 # --------------------------------------------------------------- attention kernel, chat template (paper recipes)
 
 GEMMA3_TEMPLATE = Path("train/recipes/chat_templates/gemma3_training.jinja")  # what the MedGemma SFT recipes name

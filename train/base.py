@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> Path:
         config.seed,
     )
     dataset = Dataset.from_list(captions + formats).shuffle(seed=config.seed)
+    if config.freeze_vision_tower:  # what the warm-up learnt stays; the projector and language model learn to read it
+        model.model.vision_tower.requires_grad_(False)
     trainer = ResumableSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
 

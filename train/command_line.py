@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from chexreason.data.config import read_data_config
+from chexreason.data.config import DataConfig, read_data_config
 from train import parity
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,11 @@ def parse_stage(prog: str, types: tuple[type, ...], argv: list[str] | None) -> t
     traceback."""
     configs = parse_recipe(prog, types, argv)
     try:
-        return (*configs, read_data_config(configs[-1].data_config))
+        data = read_data_config(configs[-1].data_config)
     except ValueError as error:
         sys.exit(f"{prog}: {_one_line(error)}")
+    _report_parity(prog, (DataConfig,), (data,))  # the data recipe this stage trains on: also the paper's, small
+    return (*configs, data)
 
 
 def parse_recipe(prog: str, types: tuple[type, ...], argv: list[str] | None) -> tuple:
@@ -64,14 +66,19 @@ def parse_recipe(prog: str, types: tuple[type, ...], argv: list[str] | None) -> 
         problem = _unworkable(config)
         if problem:
             sys.exit(f"{prog}: {problem}")
+    _report_parity(prog, types, tuple(configs))
+    return tuple(configs)
+
+
+def _report_parity(prog: str, types: tuple[type, ...], configs: tuple) -> None:
+    """How these configs differ from their paper recipe (`train.parity.report`); a broken paper_recipe is a message."""
     paper_recipe = getattr(configs[-1], "paper_recipe", None)
     if paper_recipe and not Path(paper_recipe).is_file():
         sys.exit(f"{prog}: paper_recipe {paper_recipe}: no such recipe file")
     try:
-        parity.report(prog, types, tuple(configs))
+        parity.report(prog, types, configs)
     except (ValueError, yaml.YAMLError) as error:
         sys.exit(f"{prog}: paper_recipe {paper_recipe}: {_one_line(error)}")
-    return tuple(configs)
 
 
 def _unworkable(config: object) -> str | None:

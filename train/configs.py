@@ -123,6 +123,11 @@ class BaseStageConfig(SFTConfig):
     format_samples: int = field(
         default=500, metadata={"help": "Off-image answers in the recipe's format for the language stage."}
     )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={"help": "Language stage: keep the warmed-up vision tower frozen (only the projector and the "
+                  "language model train), as MedGemma's pretrained encoder stays fixed in the paper's SFT."},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -335,7 +340,8 @@ class EvaluateConfig:
 #                                               scale_rewards says, which would undo Dr. GRPO
 # Not pinned by the paper (each recipe chooses, marked "ours"): num_iterations 1 and steps_per_generation
 # (default gradient_accumulation_steps), which make training on-policy: the ratio is 1 and the clipping above
-# never acts unless a recipe samples ahead (tiny: steps_per_generation 4); max_completion_length 512;
+# never acts unless a recipe samples ahead, as ours all do (4 optimizer steps per sampling: train/parity.py
+# checks the tiny and paper recipes agree); max_completion_length 512;
 # learning_rate 1e-6; max_grad_norm 1.0; disable_dropout False; cast_lm_head_to_fp32 False; shuffle_dataset
 # True; reward_weights None (one reward per run); num_generations_eval; chat_template_kwargs; log_completions.
 # Moot here: vllm_importance_sampling_mode / _clip_min / _clip_max (correction off), ref_model_mixup_alpha /

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,21 +42,23 @@ SCALE = frozenset(
 HARDWARE = frozenset(
     {
         "dtype", "bf16", "fp16", "tf32", "use_cpu", "gradient_checkpointing", "activation_checkpointing",
-        "attn_implementation", "dataloader_num_workers", "workers", "use_vllm", "vllm_mode",
+        "attn_implementation", "dataloader_num_workers", "dataloader_pin_memory", "workers", "use_vllm", "vllm_mode",
     }
 )  # fmt: skip
 # What changes where things go and what else a run does: paths, the data source, export and evaluation, how often
-# it saves and logs.
+# it saves and logs. (Not whether: save_strategy also decides whether GRPO selects a best checkpoint.)
 PLUMBING = frozenset(
     {
         "output_dir", "data_config", "sft_recipe", "sft_adapter", "models", "out", "paper_recipe", "run_name",
         "source", "mimic_root", "chexpert_test_csv", "chexpert_valid_csv", "chexpert_root",
         "nih_csv", "nih_images", "nih_split_list",
         "export_dir", "evaluate_after", "export_description", "no_predictions",
-        "save_strategy", "save_steps", "save_total_limit", "logging_steps", "logging_strategy", "report_to",
+        "save_steps", "save_total_limit", "logging_steps", "logging_strategy", "report_to",
     }
 )  # fmt: skip
 KINDS = {"scale": SCALE, "hardware": HARDWARE, "plumbing": PLUMBING}
+# Scale fields where None means "off", not a size: unset on one side only is a change in kind (truncation on).
+NONE_IS_OFF = frozenset({"max_length"})
 OPTIMIZER_STEPS_PER_SAMPLING = "optimizer_steps_per_sampling"  # the regime, derived (GRPO only)
 
 
@@ -71,7 +75,9 @@ class Difference:
         return f"{self.kind or 'UNDECLARED':>10}  {self.field}: {self.ours!r} here, {self.paper!r} in the paper recipe"
 
 
-def kind_of(name: str) -> str | None:
+def kind_of(name: str, ours: object = 0, paper: object = 0) -> str | None:
+    if name in NONE_IS_OFF and (ours is None) != (paper is None):
+        return None
     return next((kind for kind, names in KINDS.items() if name in names), None)
 
 
@@ -87,25 +93,42 @@ def field_values(configs: tuple) -> dict[str, object]:
 def differences(ours: dict[str, object], paper: dict[str, object]) -> list[Difference]:
     """The fields whose values differ, each with its declared kind (None: undeclared)."""
     return [
-        Difference(name, ours.get(name), paper.get(name), kind_of(name))
+        Difference(name, ours.get(name), paper.get(name), kind_of(name, ours.get(name), paper.get(name)))
         for name in sorted(ours.keys() | paper.keys())
         if ours.get(name) != paper.get(name)
     ]
 
 
+@contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Building a TrainingArguments resets accelerate's process-wide state and sets it up for its own `use_cpu`:
+    parsing another recipe inside a stage must leave the stage's own state (its device, its DDP setup) as it was."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    saved = [(cls._shared_state, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState)]
+    try:
+        yield
+    finally:
+        for shared, values in saved:
+            shared.clear()
+            shared.update(values)
+
+
 def parse_recipe_file(types: tuple[type, ...], recipe: str | Path) -> dict[str, object]:
     """`field_values` of a recipe as its command parses it with no overrides. A paper recipe asks for bf16, which
     TrainingArguments refuses on a machine without a GPU unless `use_cpu` is set: it is parsed with `use_cpu` and
-    the value its YAML says is put back."""
+    the values its YAML says are put back (`use_cpu`, and `dataloader_pin_memory`, which `use_cpu` turns off)."""
     from trl import TrlParser
 
     raw = yaml.safe_load(Path(recipe).read_text()) or {}
     args = ["--config", str(recipe)]
     trains = any("use_cpu" in {f.name for f in dataclasses.fields(t)} for t in types)
-    configs = TrlParser(types).parse_args_and_config(args=[*args, *(["--use_cpu", "true"] if trains else [])])
+    with _process_state_kept():
+        configs = TrlParser(types).parse_args_and_config(args=[*args, *(["--use_cpu", "true"] if trains else [])])
     values = field_values(tuple(configs))
     if trains:
         values["use_cpu"] = bool(raw.get("use_cpu", False))
+        values["dataloader_pin_memory"] = bool(raw.get("dataloader_pin_memory", True))
     return values
 
 

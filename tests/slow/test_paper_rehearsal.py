@@ -40,7 +40,9 @@ def test_every_paper_recipe_runs_at_small_scale(tmp_path, capsys, monkeypatch):
         assert (grpo / "adapter" / "adapter_config.json").exists() and (grpo / "best_adapter" / "best.json").exists()
         log = json.loads((grpo / "grpo_log.json").read_text())
         history = log["log_history"] if isinstance(log, dict) else log
-        assert max(entry.get("step", 0) for entry in history) == 4  # 16 prompts x 4 = 4 optimizer steps
+        assert max(entry.get("step", 0) for entry in history) == 8  # 32 prompts x 4: 2 samplings, 8 steps
+        validations = json.loads((grpo / "grpo_validation.json").read_text())
+        assert [v["step"] for v in validations] == [4, 8]  # a best-checkpoint candidate after each sampling
 
     results = load_results(tmp_path / "paper_set" / "eval.json")
     assert set(results.checkpoints) == {"base", "sft", "grpo"}

@@ -4,7 +4,6 @@ Slow (about 9 minutes on 2 cores): run by CI and `make test-slow`, not by `make 
 pass criteria on what the run measured, not fixed numbers.
 """
 
-
 import pytest
 import yaml
 
