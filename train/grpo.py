@@ -26,7 +26,8 @@ Departures of the tiny recipe (``train/recipes/tiny/grpo.yaml``), for CPU time o
 - the best checkpoint chosen on 64 of the 200 validation images, every 48 of the 248 steps and at the last.
 
 Measured on 2 idle CPU cores (2026-11-26, before the constant learning rate): the 248 steps (3,968 completions,
-6 validations) took 3 min 39 s within ``python -m benchmarks.tiny_recipe``. Every run prints how it differs from its paper recipe (`train.parity`).
+6 validations) took 3 min 39 s within ``python -m benchmarks.tiny_recipe``. Every run prints how it differs from
+its paper recipe (`train.parity`).
 """
 
 from __future__ import annotations
