@@ -60,17 +60,12 @@ def build_model(folder: Path) -> Path:
     """The shrunk MedGemma-4B architecture, random-initialised in bfloat16, with a processor (`SHRUNK`)."""
     import torch
 
-    from benchmarks.paper_step import architecture
-    from chexreason.training.tiny_model import TinySpec, build_tokenizer, save_random_gemma3
+    from benchmarks.paper_step import architecture, build_random_model
 
     config = architecture()
     for part, values in SHRUNK.items():
         config[part].update(values)
-    tokenizer = build_tokenizer(TinySpec().vocab_size)
-    config["text_config"]["vocab_size"] = len(tokenizer)
-    text, vision = config["text_config"], config["vision_config"]
-    save_random_gemma3(folder, tokenizer, text, vision, config["mm_tokens_per_image"], 0, "cpu", torch.bfloat16)
-    return folder
+    return build_random_model(folder, config, "cpu", torch.bfloat16, fit_vocabulary=True)
 
 
 def write_recipe(work: Path, types: tuple[type, ...], recipe: Path, overrides: dict) -> tuple[Path, list]:
@@ -116,8 +111,7 @@ def rehearse(work: Path) -> list[tuple[str, list, float]]:
 
     start = time.perf_counter()
     paths = real_format_tree(work / "raw", patients=30)  # 10 patients' images for SFT, 16 for RL
-    tree = dict(zip(paths[::2], paths[1::2], strict=True))
-    tree = {name.removeprefix("--"): value for name, value in tree.items()}
+    tree = {name.removeprefix("--"): value for name, value in zip(paths[::2], paths[1::2], strict=True)}
     tree["chexpert_valid_csv"] = str(chexpert_valid_csv(Path(tree["chexpert_root"])))
     model = build_model(work / "model")
     done.append(("real-format tree and the shrunk MedGemma-4B", [], time.perf_counter() - start))

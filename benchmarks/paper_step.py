@@ -41,10 +41,15 @@ def architecture() -> dict:
     return yaml.safe_load((RECIPES / "architecture.yaml").read_text())
 
 
-def build_random_model(folder: Path, config: dict, device: str, dtype: torch.dtype) -> Path:
-    """Save a random-initialised Gemma3 VLM of `config` with the tiny recipe's tokenizer and a processor."""
+def build_random_model(
+    folder: Path, config: dict, device: str, dtype: torch.dtype, fit_vocabulary: bool = False
+) -> Path:
+    """Save a random-initialised Gemma3 VLM of `config` with the tiny recipe's tokenizer and a processor;
+    `fit_vocabulary`: its embedding sized to that tokenizer, not to the config's (MedGemma's 262,208)."""
     tokenizer = build_tokenizer(TinySpec().vocab_size)
-    text, vision = config["text_config"], config["vision_config"]
+    text, vision = dict(config["text_config"]), config["vision_config"]
+    if fit_vocabulary:
+        text["vocab_size"] = len(tokenizer)
     n = save_random_gemma3(folder, tokenizer, text, vision, config["mm_tokens_per_image"], 0, device, dtype)
     print(f"random model: {n / 1e9:.2f} B parameters, {dtype}, saved to {folder}", flush=True)
     return folder

@@ -41,9 +41,7 @@ TARGET = 10
 
 def development_split(n: int, image_size: int, policy: str):
     """`n` site-a phantoms from `DEV_SEED`, as the data build keeps test images, as a dataset of evaluation rows."""
-    from datasets import Dataset, Features
-
-    from chexreason.data.build import _FEATURES, _row
+    from chexreason.data.build import to_dataset
     from chexreason.data.phantom import generate_parallel
     from chexreason.data.splits import SplitReport, example_from_phantom, keep_trainable
 
@@ -52,8 +50,7 @@ def development_split(n: int, image_size: int, policy: str):
         drawn = int(drawn * 1.3) + 1
         samples = generate_parallel("a", drawn, seed=DEV_SEED, size=image_size)
         kept = keep_trainable((example_from_phantom(s, policy) for s in samples), SplitReport())
-    rows = [_row(example, "chexpert14") for example in kept[:n]]
-    return Dataset.from_dict({name: [row[name] for row in rows] for name in _FEATURES}, features=Features(_FEATURES))
+    return to_dataset("dev_phantom_a", kept[:n], "chexpert14")
 
 
 def measure(model_sets: list[Path], checkpoints: list[str], n: int) -> dict:

@@ -75,7 +75,8 @@ class Difference:
         return f"{self.kind or 'UNDECLARED':>10}  {self.field}: {self.ours!r} here, {self.paper!r} in the paper recipe"
 
 
-def kind_of(name: str, ours: object = 0, paper: object = 0) -> str | None:
+def kind_of(name: str, ours: object, paper: object) -> str | None:
+    """The declared kind of a difference in `name` between `ours` and `paper`; None: a difference in kind."""
     if name in NONE_IS_OFF and (ours is None) != (paper is None):
         return None
     return next((kind for kind, names in KINDS.items() if name in names), None)

@@ -169,9 +169,7 @@ def build_datasets(config: DataConfig) -> dict:
 
     staging = out / f"{DATASETS}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    built = {
-        name: _to_dataset(name, examples, label_sets[name], traces.get(name)) for name, examples in splits.items()
-    }
+    built = {name: to_dataset(name, examples, label_sets[name], traces.get(name)) for name, examples in splits.items()}
     DatasetDict(built).save_to_disk(str(staging))
     # The manifest says which config the datasets are of: it goes first and comes back last, so a kill in between
     # leaves datasets without a manifest (rebuilt by the next run), never another config's manifest beside them.
@@ -383,9 +381,10 @@ def _row(example: Example, label_set: str) -> dict:
     }
 
 
-def _to_dataset(
-    name: str, examples: Sequence[Example], label_set: str, traces: Sequence[tuple[str, str]] | None
+def to_dataset(
+    name: str, examples: Sequence[Example], label_set: str, traces: Sequence[tuple[str, str]] | None = None
 ) -> Dataset:
+    """A split's rows as a dataset with the build's columns (and, for SFT sets, the traces' `reasoning`/`answer`)."""
     if not examples:
         raise DatasetError(f"the {name} split came out empty: check the sizes and the dropped counts in the log")
     rows = [_row(e, label_set) for e in examples]
