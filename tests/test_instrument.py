@@ -47,3 +47,21 @@ def test_the_probe_scores_every_finding_it_can_or_says_why_not(tiny):
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[2] == "too few" or (0 <= float(cells[2]) <= 1 and 0 <= float(cells[3]) <= 1), row
+
+
+def test_the_command_measures_the_sets_it_is_given_and_refuses_a_wrong_call(tmp_path, capsys, monkeypatch):
+    asked = {}
+
+    def measure(model_sets, checkpoints, n):  # the evaluation itself is train.evaluate's, tested there
+        asked.update(model_sets=model_sets, checkpoints=checkpoints, n=n)
+        return _measured({"Edema": [0.5]}, {"Edema": 100}, n)
+
+    monkeypatch.setattr(instrument, "measure", measure)
+    sets = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    assert instrument.main(["--models", *map(str, sets), "--n", "1000", "--checkpoints", "sft"]) == 1
+    assert asked == {"model_sets": sets, "checkpoints": ["sft"], "n": 1000}
+    out = capsys.readouterr().out
+    assert "1000 development phantoms of site a" in out and "2 run(s)" in out
+    assert "findings told apart by SFT: 1 (target: at least 10)" in out
+    with pytest.raises(SystemExit, match="give --models, or --train"):
+        instrument.main([])
